@@ -1,0 +1,1 @@
+"""relais.broker_config: the partnership configuration (directory, rules, NATS config)."""

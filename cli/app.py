@@ -1,0 +1,37 @@
+"""The ``relais`` command: operators' and partner administrators' entry point.
+
+Exit codes (documented in ``docs/operations.md``):
+
+* 0 — success;
+* 1 — a check failed (verification, validation, schema check, audit verification);
+* 2 — usage error (bad option or argument);
+* 3 — the broker or a service could not be reached or refused the operation.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from relais.cli import demo as demo_cmd
+from relais.cli import directory_cmd, keys_cmd, schemas_cmd
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="relais",
+    help=(
+        "relais: secure referral exchange for the territorial partnerships"
+        " (operators never see content)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys_cmd.app, name="keys", help="Partner key pairs and encrypted key files.")
+app.add_typer(directory_cmd.app, name="directory", help="The signed partner directory.")
+app.add_typer(schemas_cmd.app, name="schemas", help="The shared Avro schemas.")
+app.command("demo")(demo_cmd.demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
