@@ -62,7 +62,8 @@ class Priority(IntEnum):
 class SecrecyClass(StrEnum):
     """Secrecy classes a schema field can be marked with (``"secrecy": "medical"``)."""
 
-    MEDICAL = "medical"
+    MEDICAL = "medical"  # art. 226-14 CP: clinical findings, only for entitled partners
+    IDENTITY = "identity"  # who the child is and exactly where: not for street outreach teams
 
 
 class EventType(StrEnum):

@@ -389,7 +389,9 @@ def _parse_unverified_core(core: bytes, outer: Reader | None = None) -> Envelope
     schema_fp = r.raw(32)
     sender, sender_key_id = r.str_(_ID_CAP), r.str_(_KEY_ID_CAP)
     priority = _PRIORITY_BY_VALUE.get(r.uvarint())
-    if event_type is None or priority is None:
+    if event_type is None:
+        raise EnvelopeError(Reason.UNKNOWN_TYPE)
+    if priority is None:
         raise EnvelopeError(Reason.MALFORMED_HEADER)
     departement = r.str_(3)
     created, expires = r.uvarint(), r.uvarint()

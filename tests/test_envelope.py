@@ -155,7 +155,7 @@ def test_every_domain_event_round_trips(territory: Territory) -> None:
             recipients=recipients(territory, (CRIP, PARQUET)),
             departement="93",
             priority=Priority.URGENT,
-            audiences={"medical": [PARQUET]},
+            audiences={"medical": [PARQUET], "identity": [CRIP, PARQUET]},
         )
         opened = open_envelope(data, recipient=territory.identities[PARQUET], keys=territory.keys())
         assert opened.header.event_type is etype
@@ -557,7 +557,7 @@ def test_seal_then_open_is_the_identity(territory: Territory, data: st.DataObjec
         recipients=recipients(territory, MEDICAL_RCPTS),
         departement="93",
         priority=data.draw(st.sampled_from(list(Priority))),
-        audiences={"medical": [PARQUET]},
+        audiences={"medical": [PARQUET], "identity": [CRIP, PARQUET]},
     )
     for who in MEDICAL_RCPTS:
         opened = open_envelope(sealed, recipient=territory.identities[who], keys=territory.keys())
