@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import typer
 
+from relais.cli import broker_cmd, directory_cmd, keys_cmd, schemas_cmd
 from relais.cli import demo as demo_cmd
-from relais.cli import directory_cmd, keys_cmd, schemas_cmd
 
 __all__ = ["app", "main"]
 
@@ -29,6 +29,7 @@ app = typer.Typer(
 app.add_typer(keys_cmd.app, name="keys", help="Partner key pairs and encrypted key files.")
 app.add_typer(directory_cmd.app, name="directory", help="The signed partner directory.")
 app.add_typer(schemas_cmd.app, name="schemas", help="The shared Avro schemas.")
+app.add_typer(broker_cmd.app, name="broker", help="The NATS broker: embedded server, status.")
 app.command("demo")(demo_cmd.demo)
 
 
