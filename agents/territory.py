@@ -188,9 +188,12 @@ def build_territory(
     spec_map: dict[str, PartnerSpec] = {}
     for spec in specs:
         keys = PartnerKeys.generate(spec.id, random=random)
-        seed = nats_user_seed(random)
         identities[spec.id] = keys
-        seeds[spec.id] = seed
+        nkey = None
+        if spec.kind is not PartnerKind.GATEWAY:  # the gateway connects as its service user
+            seed = nats_user_seed(random)
+            seeds[spec.id] = seed
+            nkey = _nkey_public(seed)
         spec_map[spec.id] = spec
         key = new_partner_key(
             keys.sign_pk,
@@ -205,7 +208,7 @@ def build_territory(
                 name=spec.name,
                 departements=spec.departements,
                 keys=(key,),
-                nats_nkey=_nkey_public(seed),
+                nats_nkey=nkey,
             )
         )
     directory = Directory(

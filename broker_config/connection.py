@@ -684,7 +684,7 @@ async def connect(
     """Connect with a user nkey seed file and return a :class:`Connection`.
 
     ``creds`` must be mode 0600 (:class:`ConfigError` otherwise). ``inbox_prefix`` must be the
-    one the user may subscribe to (``_INBOX_<partner id>``, ``_INBOX_gateway``...): the reply
+    one the user may subscribe to (``_INBOX_<partner id>``, ``_INBOX__gateway``...): the reply
     subscription is checked at once and a wrong prefix raises :class:`PermissionDenied`, as
     does an unknown or revoked user. Unreachable servers raise :class:`TransportError`
     (``NOT_CONNECTED``) after ``connect_timeout`` seconds; once connected, reconnection is

@@ -101,8 +101,8 @@ __all__ = [
 ACCOUNT: Final = "RELAIS"
 SYSTEM_ACCOUNT: Final = "SYS"
 MONITOR_HOST: Final = "127.0.0.1"
-GATEWAY_INBOX: Final = "_INBOX_gateway"
-OPERATOR_INBOX: Final = "_INBOX_operator"
+GATEWAY_INBOX: Final = "_INBOX__gateway"  # "_" cannot start a partner id: no clash
+OPERATOR_INBOX: Final = "_INBOX__operator"
 # A sealed envelope is at most 256 KiB; NATS counts headers in max_payload, and the
 # relais headers (Nats-Msg-Id, priority...) are far below the 64 KiB of headroom.
 DEFAULT_MAX_PAYLOAD: Final = MAX_ENVELOPE_BYTES + 64 * 1024

@@ -38,6 +38,7 @@ import nkeys
 import pytest
 
 from relais.agents.keys import PartnerKeys, generate
+from relais.agents.territory import Territory, build_territory
 from relais.broker_config.connection import Connection, connect
 from relais.broker_config.directory import (
     Directory,
@@ -328,3 +329,22 @@ def nkey_factory() -> object:
 def directory_builder() -> object:
     """:func:`make_directory`: ``(partners, *, revoked, without_nkey, serial, root, seeds)``."""
     return make_directory
+
+
+@pytest.fixture(scope="session")
+def demo_territory() -> Territory:
+    """The demo territory (one partner of every kind in 93, the ASE of 75), private keys at hand."""
+    return build_territory()
+
+
+def territory_test_directory(territory: Territory) -> TestDirectory:
+    """A :class:`Territory` as a :class:`TestDirectory`, to start a broker for it."""
+    return TestDirectory(
+        territory.directory, territory.signed_directory, territory.root, dict(territory.nats_seeds)
+    )
+
+
+@pytest.fixture(scope="session")
+def territory_directory() -> object:
+    """``territory_test_directory(territory) -> TestDirectory`` (for ``broker_factory``)."""
+    return territory_test_directory

@@ -31,6 +31,7 @@ from relais.broker_config.connection import (
 from relais.broker_config.directory import verify_directory
 from relais.broker_config.nats_conf import (
     DEFAULT_MAX_PAYLOAD,
+    GATEWAY_INBOX,
     ServerSettings,
     TlsSettings,
     build_config,
@@ -369,15 +370,18 @@ async def test_directory_change_and_reload_lose_nothing(tmp_path, directory_buil
         )
         assert "DELIVERY/out-hotel-1-FLASH" in report.created
 
-        async def connected(pid: str, creds_file: Path) -> Connection:
+        async def connected(pid: str, creds_file: Path, inbox: str | None = None) -> Connection:
             conn = await connect(
-                info.client_url, creds=creds_file, inbox_prefix=inbox_prefix(pid), name=pid
+                info.client_url,
+                creds=creds_file,
+                inbox_prefix=inbox or inbox_prefix(pid),
+                name=pid,
             )
             return await stack.enter_async_context(conn)
 
         school = await connected("school-1", creds["school-1"])
         hotel = await connected("hotel-1", creds["hotel-1"])
-        gateway = await connected("gateway", data_dir / "creds" / "gateway.nk")
+        gateway = await connected("gateway", data_dir / "creds" / "gateway.nk", GATEWAY_INBOX)
         for n in range(20):
             await school.js_publish("ref.in.school-1", b"e", msg_id=f"s-{n}")
             await hotel.js_publish("ref.in.hotel-1", b"e", msg_id=f"h-{n}")

@@ -105,7 +105,7 @@ async def test_embedded_server_sigkill_loses_nothing(tmp_path, directory_builder
             await connect(
                 info.client_url,
                 creds=data_dir / "creds" / "gateway.nk",
-                inbox_prefix="_INBOX_gateway",
+                inbox_prefix="_INBOX__gateway",
                 name="gw",
             )
         )
@@ -308,7 +308,7 @@ async def test_cluster_leader_kills_lose_nothing(tmp_path: Path, directory_build
             await connect(
                 layout.client_urls,
                 creds=layout.gateway_creds,
-                inbox_prefix="_INBOX_gateway",
+                inbox_prefix="_INBOX__gateway",
                 name="gw",
             )
         )

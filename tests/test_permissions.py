@@ -242,7 +242,7 @@ async def test_operator_reads_only(world) -> None:
         for subject in ("ref.in.school-1", "ref.out.school-1.FLASH", "ref.audit.x", "ref.dir"):
             await denied(operator.publish(subject, b"x"))
         await denied(operator.publish("$JS.ACK.DELIVERY.out-crip-1-FLASH.1.1.1.1.0", b"+ACK"))
-        for subject in (">", "ref.>", "_INBOX_gateway.>"):
+        for subject in (">", "ref.>", "_INBOX__gateway.>"):
             await denied(operator.subscribe(subject))
         await check_state(gateway, "crip-1")
     finally:
