@@ -186,6 +186,8 @@ def operator_permissions() -> Permissions:
             "$JS.API.CONSUMER.INFO.*.*",
             "$JS.API.DIRECT.GET.AUDIT",
             "$JS.API.DIRECT.GET.AUDIT.>",
+            # the signed directory: organisations and public keys only
+            "$JS.API.DIRECT.GET.DIRECTORY.>",
         ),
         subscribe=(f"{OPERATOR_INBOX}.>",),
     )
