@@ -15,19 +15,12 @@ Errors are one line on stderr: ``error [REASON]: message``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import structlog
 import typer
 
-from relais.agents.keys import read_public_key
 from relais.broker_config.cluster import write_cluster_configs
 from relais.broker_config.directory import verify_directory
 from relais.broker_config.embedded import (
@@ -41,13 +34,17 @@ from relais.broker_config.embedded import (
     running_pid,
 )
 from relais.broker_config.streams import ProvisionReport
-from relais.cli.keys_cmd import EXIT_FAILURE, EXIT_USAGE, fail
-from relais.schemas.errors import ConfigError, Reason, RelaisError, TransportError
+from relais.cli._common import (
+    EXIT_FAILURE,
+    EXIT_UNREACHABLE,
+    logs_to_stderr,
+    parse_root_public_key,
+    reported_errors,
+)
+from relais.schemas.errors import ConfigError, Reason, TransportError
 
 __all__ = ["EXIT_UNREACHABLE", "app"]
 
-EXIT_UNREACHABLE = 3
-_MAX_KEY_FILE_BYTES = 16 * 1024
 
 app = typer.Typer(no_args_is_help=True, help="The embedded NATS broker.")
 
@@ -82,50 +79,7 @@ UnsafeOption = Annotated[
 @app.callback()
 def _logs_to_stderr() -> None:
     """The embedded NATS broker."""
-    # stdout carries the commands' output (and --json documents): structlog's default
-    # print logger must not write there. Other logger factories (configured by the
-    # application) are left alone.
-    if isinstance(structlog.get_config()["logger_factory"], structlog.PrintLoggerFactory):
-        structlog.configure(logger_factory=_stderr_logger)
-
-
-def _stderr_logger(*args: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)  # sys.stderr as of now: it may be redirected
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """One stderr line per error: usage 2, unreachable broker 3, other failures 1."""
-    try:
-        yield
-    except ConfigError as exc:
-        fail(exc.reason.value, str(exc), EXIT_USAGE)
-    except TransportError as exc:
-        fail(exc.reason.value, str(exc), EXIT_UNREACHABLE)
-    except RelaisError as exc:
-        fail(exc.reason.value, str(exc), EXIT_FAILURE)
-
-
-def _root_public_key(value: str) -> bytes:
-    path = Path(value)
-    text = value
-    if path.is_file():
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-        if len(data) > _MAX_KEY_FILE_BYTES:
-            raise ConfigError(f"{path} is too large for a public key")
-        if data.lstrip().startswith(b"{"):
-            return read_public_key(path).sign_pk
-        text = data.decode("ascii", "replace").strip()
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError("the root public key must be 32 bytes in base64")
-    return raw
+    logs_to_stderr()
 
 
 def _directory_args(
@@ -138,7 +92,7 @@ def _directory_args(
     if root_key is None:
         raise ConfigError("--directory needs --root-public-key")
     try:
-        return directory.read_bytes(), _root_public_key(root_key)
+        return directory.read_bytes(), parse_root_public_key(root_key)
     except OSError as exc:
         raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
 
@@ -163,7 +117,7 @@ def up(
     as_json: JsonOption = False,
 ) -> None:
     """Start nats-server on 127.0.0.1 for DATA_DIR, wait until healthy, provision it."""
-    with _reported():
+    with reported_errors():
         signed, root = _directory_args(directory, root_public_key)
         if dev_no_fsync:
             typer.echo("WARNING: fsync disabled, acknowledged messages can be lost", err=True)
@@ -242,7 +196,7 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Health, fsync setting, streams and consumers (as the read-only operator user)."""
-    with _reported():
+    with reported_errors():
         url, operator_creds, monitor_url = _status_target(data_dir, server, creds, monitor)
         result = asyncio.run(
             broker_status(url, creds=operator_creds, monitor_url=monitor_url, max_wait=timeout)
@@ -259,7 +213,7 @@ def status(
 @app.command("down")
 def down(data_dir: DataDirOption, timeout: TimeoutOption = 10.0) -> None:
     """Stop the server of DATA_DIR: SIGTERM, then SIGKILL after --timeout seconds."""
-    with _reported():
+    with reported_errors():
         pid = broker_down(data_dir, timeout=timeout)
     typer.echo("no broker running" if pid is None else f"nats-server {pid} stopped")
 
@@ -277,12 +231,12 @@ def reload(
     as_json: JsonOption = False,
 ) -> None:
     """Apply a new directory edition: users regenerated, new partners provisioned."""
-    with _reported():
+    with reported_errors():
         try:
             signed = directory.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
-        root = _root_public_key(root_public_key)
+        root = parse_root_public_key(root_public_key)
         report = asyncio.run(
             broker_reload(data_dir, directory=signed, root_public_key=root, ready_timeout=timeout)
         )
@@ -307,7 +261,7 @@ def cluster_config(
     as_json: JsonOption = False,
 ) -> None:
     """Write the configurations of a JetStream cluster on 127.0.0.1 (streams R3)."""
-    with _reported():
+    with reported_errors():
         signed, root = _directory_args(directory, root_public_key)
         verified = None if signed is None or root is None else verify_directory(signed, root)
         layout = write_cluster_configs(

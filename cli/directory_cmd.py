@@ -17,8 +17,6 @@ unknown partner or key). Errors are one line on stderr: ``error [REASON]: messag
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -46,12 +44,8 @@ from relais.broker_config.directory import (
     utc_now,
     verify_directory,
 )
-from relais.cli.keys_cmd import (
-    PassphraseEnvOption,
-    PassphraseFileOption,
-    read_passphrase,
-    reported_errors,
-)
+from relais.cli._common import parse_root_public_key, read_passphrase, reported_errors
+from relais.cli.keys_cmd import PassphraseEnvOption, PassphraseFileOption
 from relais.schemas.domain import PartnerKind
 from relais.schemas.errors import ConfigError
 
@@ -60,7 +54,6 @@ __all__ = ["app"]
 app = typer.Typer(no_args_is_help=True, help="The signed partner directory.")
 
 _MAX_VALID_DAYS = 3660
-_MAX_ROOT_KEY_FILE_BYTES = 16 * 1024
 
 DirectoryOption = Annotated[
     Path,
@@ -110,27 +103,8 @@ def _validity(valid_days: int) -> dict[str, Any]:
     return {"not_before": start, "not_after": start + timedelta(days=valid_days)}
 
 
-def _root_public_key(value: str) -> bytes:
-    text = value
-    path = Path(value)
-    if path.is_file():
-        data = _read(path, "root public key")
-        if len(data) > _MAX_ROOT_KEY_FILE_BYTES:
-            raise ConfigError(f"{path} is too large for a public key")
-        if data.lstrip().startswith(b"{"):
-            return read_public_key(path).sign_pk
-        text = data.decode("ascii", "replace").strip()
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError("the root public key must be 32 bytes in base64")
-    return raw
-
-
 def _verified(signed: Path, root_public_key: str, min_serial: int | None = None) -> Directory:
-    root_pk = _root_public_key(root_public_key)
+    root_pk = parse_root_public_key(root_public_key)
     return verify_directory(_read(signed, "signed directory"), root_pk, min_serial=min_serial)
 
 

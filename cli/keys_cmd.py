@@ -12,17 +12,20 @@ prompt.
 
 from __future__ import annotations
 
-import os
-import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from relais.agents.keys import PartnerKeys, write_key_file, write_public_key
-from relais.schemas.errors import ConfigError, RelaisError
+from relais.cli._common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    fail,
+    read_passphrase,
+    reported_errors,
+)
+from relais.schemas.errors import ConfigError
 
 __all__ = [
     "EXIT_FAILURE",
@@ -37,10 +40,7 @@ __all__ = [
     "reported_errors",
 ]
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 MIN_NEW_PASSPHRASE_CHARS = 12
-_MAX_PASSPHRASE_BYTES = 4096
 
 app = typer.Typer(no_args_is_help=True, help="Partner key pairs and encrypted key files.")
 
@@ -56,64 +56,6 @@ PassphraseEnvOption = Annotated[
     str | None,
     typer.Option("--passphrase-env", help="Name of an environment variable holding it."),
 ]
-
-
-def fail(reason: str, message: str, code: int) -> NoReturn:
-    """Print one error line on stderr and exit with ``code``."""
-    typer.echo(f"error [{reason}]: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn relais errors into one stderr line: ConfigError exits 2, any other exits 1."""
-    try:
-        yield
-    except ConfigError as exc:
-        fail(exc.reason.value, str(exc), EXIT_USAGE)
-    except RelaisError as exc:
-        fail(exc.reason.value, str(exc), EXIT_FAILURE)
-
-
-def _from_file(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"passphrase file {path} is not a regular file")
-        if mode & 0o077:
-            raise ConfigError(
-                f"passphrase file {path} is accessible to others (mode {stat.S_IMODE(mode):04o})"
-            )
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(_MAX_PASSPHRASE_BYTES + 1)
-    finally:
-        os.close(fd)
-    return data.split(b"\n", 1)[0].removesuffix(b"\r")
-
-
-def read_passphrase(
-    passphrase_file: Path | None, passphrase_env: str | None, *, confirm: bool
-) -> bytes:
-    """The passphrase from a file, an environment variable or a hidden prompt."""
-    if passphrase_file is not None and passphrase_env is not None:
-        raise ConfigError("give --passphrase-file or --passphrase-env, not both")
-    if passphrase_file is not None:
-        passphrase = _from_file(passphrase_file)
-    elif passphrase_env is not None:
-        value = os.environ.get(passphrase_env)
-        if value is None:
-            raise ConfigError(f"environment variable {passphrase_env} is not set")
-        passphrase = value.encode("utf-8")
-    else:
-        text = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
-        passphrase = str(text).encode("utf-8")
-    if not passphrase or len(passphrase) > _MAX_PASSPHRASE_BYTES:
-        raise ConfigError("empty or oversized passphrase")
-    return passphrase
 
 
 def public_key_path(key_file: Path) -> Path:
