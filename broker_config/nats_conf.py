@@ -12,7 +12,8 @@ accounts:
     subscribe only below its own inbox prefix ``_INBOX_<id>``. It cannot create, change,
     delete or purge anything;
   - the ``gateway`` service user (router, tracker, audit): republishes to ``ref.out.>``,
-    writes ``ref.audit.>``, ``ref.quar.>`` and ``ref.dir``, administers JetStream; its
+    writes ``ref.audit.>``, ``ref.quar.>``, ``ref.seen.>`` (the router's replay store) and
+    ``ref.dir``, administers JetStream; its
     nkey is never taken from the directory, so a directory edit cannot grant hub rights;
   - the read-only ``operator`` user: stream and consumer information and lists, account
     information, and direct gets on the (metadata only) ``AUDIT`` stream;
@@ -165,6 +166,7 @@ def gateway_permissions() -> Permissions:
             "ref.out.>",
             "ref.audit.>",
             "ref.quar.>",
+            "ref.seen.>",
             "ref.dir",
             "$JS.API.>",
             "$JS.ACK.>",

@@ -9,6 +9,7 @@ Streams (file storage, limits retention)::
     QUARANTINE  ref.quar.>                            records, dedup 2 h
     DIRECTORY   ref.dir                               records, last 5 signed editions, direct get
     ADVISORIES  $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>   90 days
+    SEEN        ref.seen.<event id>                   router's replay store: one per id, 8 days
 
 Records streams deny delete and purge. Message schedules, per-message TTL and delete markers
 are never enabled on them: a stream with schedules silently stops honouring ``deny_purge``,
@@ -16,6 +17,11 @@ and nats-server cannot turn TTLs off again once on. No ``max_age`` is set on rec
 streams: retention is the partnership's decision, made here (``StreamSpec.max_age``, applied
 by the next :func:`provision` as an update; ``deny_purge`` does not prevent expiry by age).
 Changes made by hand to a managed field are reverted by :func:`provision`.
+
+``SEEN`` is not a record: it holds, for each event id the router accepted, the ingress
+sequence that carried it (one message per subject, written only if the subject is empty:
+``Nats-Expected-Last-Subject-Sequence: 0``), and forgets it after :data:`REPLAY_WINDOW`, which
+must exceed the router's maximum event age plus the clock skew it tolerates.
 
 Consumers (durable, pull, explicit ack, deliver all):
 
@@ -66,6 +72,7 @@ __all__ = [
     "ADVISORY_SUBJECTS",
     "DUPLICATE_WINDOW",
     "PARTNER_DELIVERY",
+    "REPLAY_WINDOW",
     "SERVICE_CONSUMERS",
     "STREAMS",
     "ConsumerSpec",
@@ -81,6 +88,8 @@ __all__ = [
 ]
 
 DUPLICATE_WINDOW: Final = 2 * 3600.0
+# How long the router's replay store remembers an event id (the SEEN stream's max_age).
+REPLAY_WINDOW: Final = 8 * 86400.0
 ADVISORY_SUBJECTS: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
 _LIST_PAGE = 256
 
@@ -199,6 +208,16 @@ STREAMS: Final[tuple[StreamSpec, ...]] = (
         duplicate_window=120.0,
         max_age=90 * 86400.0,
     ),
+    StreamSpec(
+        "SEEN",
+        ("ref.seen.*",),
+        "event ids accepted by the router (replay protection beyond the duplicate window)",
+        records=False,
+        duplicate_window=120.0,
+        allow_direct=True,
+        max_msgs_per_subject=1,
+        max_age=REPLAY_WINDOW,
+    ),
 )
 
 # Per priority: (backoff in seconds, max_deliver). The last step repeats: a FLASH delivery
@@ -209,7 +228,10 @@ PARTNER_DELIVERY: Final[dict[Priority, tuple[tuple[float, ...], int]]] = {
     Priority.ROUTINE: ((60.0, 300.0, 900.0, 1800.0), 50),
 }
 _PARTNER_MAX_ACK_PENDING = 1000
-_SERVICE_BACKOFF = (30.0, 60.0, 120.0, 300.0)
+# Short first step: the messages a crashed gateway process held are redelivered to another
+# (or to its restart) within seconds, which matters for FLASH alerts and their deadlines;
+# a redelivery of work already done is harmless (Nats-Msg-Id dedup, idempotent tracker).
+_SERVICE_BACKOFF = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _SERVICE_MAX_DELIVER = 100
 _SERVICE_MAX_ACK_PENDING = 20_000
 

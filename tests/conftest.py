@@ -348,3 +348,401 @@ def territory_test_directory(territory: Territory) -> TestDirectory:
 def territory_directory() -> object:
     """``territory_test_directory(territory) -> TestDirectory`` (for ``broker_factory``)."""
     return territory_test_directory
+
+
+# -- gateway helpers (added with the gateway) --------------------------------------------------
+#
+# ``seal_by_rules``: seal an event the way a partner's agent does (recipients, fallback,
+# priority, département and section audiences from the routing rules); keyword overrides
+# forge envelopes that deviate from the rules. ``gateway_runner``: run the gateway's roles
+# (router, tracker with its audit checkpointer) as tasks of the test's event loop against a
+# TestBroker, stopped at teardown.
+
+
+def seal_by_rules(
+    territory: Territory,
+    event_type: Any,
+    record: dict[str, Any],
+    *,
+    sender: str,
+    rules: Any = None,
+    signer: Any = None,
+    recipients: Sequence[str] | None = None,
+    fallback: Sequence[str] | None = None,
+    audiences: dict[str, Sequence[str]] | None = None,
+    priority: Any = None,
+    departement: str | None = None,
+    now_ms: int | None = None,
+    event_id: Any = None,
+) -> bytes:
+    """Envelope bytes of ``record`` from ``sender`` (see the section comment)."""
+    from relais.broker_config.rules import default_rules
+    from relais.schemas.envelope import Recipient, seal
+    from relais.schemas.registry import default_registry
+
+    routing = default_registry().by_type(event_type).routing_metadata(record)
+    decision = (rules or default_rules()).decide(
+        event_type, routing, sender=sender, directory=territory.directory
+    )
+
+    def refs(ids: Sequence[str]) -> list[Recipient]:
+        keys = territory.identities
+        return [Recipient(p, keys[p].key_id, keys[p].box_pk) for p in ids]
+
+    chosen = decision.recipients if recipients is None else tuple(recipients)
+    backup = decision.fallback if fallback is None else tuple(fallback)
+    if audiences is None:  # the entitled among those actually chosen
+        members = {*chosen, *backup}
+        audiences = {k: [p for p in v if p in members] for k, v in decision.audiences.items()}
+    return seal(
+        event_type,
+        record,
+        sender=signer or territory.identities[sender],
+        recipients=refs(chosen),
+        fallback=refs(backup),
+        departement=decision.departement if departement is None else departement,
+        priority=decision.priority if priority is None else priority,
+        audiences={k: v for k, v in audiences.items() if v},
+        now_ms=now_ms,
+        event_id=event_id,
+    )
+
+
+@pytest.fixture(scope="session")
+def sealer() -> object:
+    """:func:`seal_by_rules` ``(territory, event_type, record, *, sender, **overrides)``."""
+    return seal_by_rules
+
+
+@dataclass
+class GatewayRun:
+    """Gateway roles running in the test's event loop (see ``gateway_runner``)."""
+
+    __test__ = False
+
+    conn: Connection
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]]
+    router: Any = None
+    tracker: Any = None
+    store: Any = None
+    checkpointer: Any = None
+
+    async def shutdown(self) -> None:
+        """Stop the roles and wait for them, close the connection and the store."""
+        self.stop.set()
+        if self.tasks:
+            _, late = await asyncio.wait(self.tasks, timeout=15)
+            for task in late:
+                task.cancel()
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        self.tasks = []
+        await self.conn.close()
+        if self.store is not None:
+            self.store.close()
+
+
+@pytest.fixture
+async def gateway_runner(tmp_path: Path) -> Any:
+    """``await start(broker, territory, *, roles, rules, directory, router_config,
+    tracker_config, checkpoint_every, checkpoint_seconds) -> GatewayRun``.
+
+    Roles: ``"router"``, ``"tracker"`` (with the checkpointer). ``directory`` replaces the
+    territory's directory (e.g. an edition with a revoked key). Stopped at teardown.
+    """
+    from relais.broker_config.rules import default_rules
+    from relais.gateway.checkpoint import Checkpointer
+    from relais.gateway.policy import Policy
+    from relais.gateway.router import Router
+    from relais.gateway.tracker import Tracker
+    from relais.gateway.tracker_store import TrackerStore
+
+    runs: list[GatewayRun] = []
+
+    async def start(
+        broker: TestBroker,
+        territory: Territory,
+        *,
+        roles: Sequence[str] = ("router", "tracker"),
+        rules: Any = None,
+        directory: Directory | None = None,
+        router_config: Any = None,
+        tracker_config: Any = None,
+        checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 60.0,
+    ) -> GatewayRun:
+        policy = Policy(directory or territory.directory, rules or default_rules())
+        signer = territory.identities["gateway"]
+        conn = await broker.gateway()
+        run = GatewayRun(conn=conn, stop=asyncio.Event(), tasks=[])
+        if "router" in roles:
+            run.router = Router(conn, policy, signer, config=router_config)
+            await run.router.check_replay_window()
+            run.tasks.append(asyncio.create_task(run.router.run(run.stop)))
+        if "tracker" in roles:
+            run.store = TrackerStore(tmp_path / f"tracker{len(runs)}" / "tracker.sqlite3")
+            run.tracker = Tracker(conn, run.store, policy, signer, config=tracker_config)
+            run.checkpointer = Checkpointer(
+                conn,
+                signer,
+                partnership=policy.directory.partnership,
+                every_records=checkpoint_every,
+                every_seconds=checkpoint_seconds,
+                anchor_file=tmp_path / f"tracker{len(runs)}" / "audit-anchor.json",
+            )
+            run.tasks.append(asyncio.create_task(run.tracker.run(run.stop)))
+            run.tasks.append(asyncio.create_task(run.checkpointer.run(run.stop, tick=0.2)))
+        runs.append(run)
+        return run
+
+    try:
+        yield start
+    finally:
+        failures = []
+        for run in runs:
+            try:
+                await run.shutdown()
+            except Exception as exc:  # noqa: BLE001 - every run is stopped, then it is raised
+                failures.append(exc)
+        if failures:
+            raise failures[0]  # a role that crashed during the test fails it
+
+
+# -- partner agent helpers (added with the agent) ----------------------------------------------
+#
+# ``agent_kit``: ``await agent_kit(territory)`` writes the territory to disk (key files with the
+# cheapest KDF limits, so starting an agent takes milliseconds), starts a broker for it and
+# returns an :class:`AgentKit`: ``settings(partner, **overrides)`` for an agent of any
+# partner, ``deliver(envelope)`` publishes copies to the recipients' delivery subjects exactly
+# as the router does (protocol §7.1), ``read_stream(name)`` returns every message of a stream
+# (read as the gateway), ``until(check)`` polls a condition with a deadline (never a fixed
+# sleep). ``webhook_receiver``: a real local HTTP server (port chosen by the system) that
+# records every call and answers from a script of ``(status, headers)``; it can be stopped
+# (connections refused) and started again on the same port.
+
+
+@dataclass
+class AgentKit:
+    """A territory on disk, its broker, and helpers to run and feed partner agents."""
+
+    __test__ = False
+
+    territory: Territory
+    root: Path
+    broker: TestBroker
+    passphrase: bytes = b"phrase de passe de test"
+
+    def settings(self, partner: str, **overrides: Any) -> Any:
+        """``AgentSettings`` of ``partner`` against this broker (API port chosen by the OS)."""
+        from relais.agents.keys import write_atomic
+        from relais.agents.settings import load_settings
+
+        secrets_dir = self.root / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        token_file = secrets_dir / f"{partner}.token"
+        if not token_file.exists():
+            write_atomic(token_file, self.token(partner).encode() + b"\n")
+        passphrase_file = secrets_dir / "passphrase"
+        if not passphrase_file.exists():
+            write_atomic(passphrase_file, self.passphrase + b"\n")
+        values: dict[str, Any] = {
+            "partner_id": partner,
+            "key_files": [self.root / "keys" / f"{partner}.key"],
+            "passphrase_file": passphrase_file,
+            "root_public_key": str(self.root / "root.pub"),
+            "directory_file": self.root / "directory.json",
+            "nats_url": self.broker.client_url,
+            "creds": self.root / "creds" / f"{partner}.nk",
+            "data_dir": self.root / "agents" / partner,
+            "api_token_file": token_file,
+            "api_port": 0,
+        }
+        values.update(overrides)
+        return load_settings(None, **values)
+
+    @staticmethod
+    def token(partner: str) -> str:
+        """The API token :meth:`settings` gives ``partner``'s agent."""
+        return f"jeton-api-{partner}-0123456789abcdef"
+
+    def seal(self, event_type: Any, record: dict[str, Any], *, sender: str) -> bytes:
+        """Seal ``record`` as ``sender``'s agent does (rules and directory of the territory)."""
+        import time
+
+        from relais.agents.sealing import plan_event, seal_planned
+        from relais.broker_config.rules import default_rules
+
+        now = time.time_ns() // 1_000_000
+        plan = plan_event(
+            event_type,
+            record,
+            sender=sender,
+            directory=self.territory.directory,
+            rules=default_rules(),
+            at_ms=now,
+        )
+        identity = self.territory.identities[sender]
+        return seal_planned(plan, sender=identity, now_ms=now, ttl_ms=86_400_000)
+
+    async def deliver(
+        self, envelope: bytes, *, to: Sequence[str] | None = None, rule: str = "test-rule@1"
+    ) -> Any:
+        """Publish ``envelope`` to each recipient's ``ref.out.<id>.<PRIORITY>`` (§7.1)."""
+        from relais.schemas.envelope import peek_header
+
+        header = peek_header(envelope)
+        conn = await self.broker.gateway()
+        try:
+            for partner in header.recipient_ids if to is None else to:
+                await conn.js_publish(
+                    f"ref.out.{partner}.{header.priority.label}",
+                    envelope,
+                    msg_id=f"{header.event_id}:{partner}",
+                    headers={
+                        "Relais-Event-Id": str(header.event_id),
+                        "Relais-Type": header.event_type.value,
+                        "Relais-Rule": rule,
+                    },
+                )
+        finally:
+            await conn.close()
+        return header
+
+    async def read_stream(self, stream: str) -> list[Any]:
+        """Every message of ``stream`` (subject, headers, data), read as the gateway."""
+        import uuid
+
+        conn = await self.broker.gateway()
+        name = f"read-{uuid.uuid4().hex[:12]}"
+        try:
+            await conn.api(
+                f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                {
+                    "stream_name": stream,
+                    "config": {
+                        "name": name,
+                        "ack_policy": "none",
+                        "inactive_threshold": 30_000_000_000,
+                    },
+                },
+            )
+            out: list[Any] = []
+            while True:
+                batch = await conn.fetch(stream, name, 500, expires=0.5)
+                if not batch:
+                    return out
+                out.extend(batch)
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def until(check: Any, *, bound: float = 20.0, what: str = "condition") -> Any:
+        """Poll ``check()`` (sync or async) until it returns something truthy, ``bound`` s."""
+        deadline = asyncio.get_running_loop().time() + bound
+        while True:
+            value = check()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def agent_kit(tmp_path: Path, broker_factory: Any, territory_directory: Any) -> Any:
+    """``await agent_kit(territory, *, sync_always=True) -> AgentKit`` (see the section)."""
+
+    async def start(territory: Territory, *, sync_always: bool = True) -> AgentKit:
+        root = tmp_path / "territory"
+        territory.write(root, passphrase=AgentKit.passphrase, opslimit=1, memlimit=8192)
+        broker = await broker_factory(territory_directory(territory), sync_always=sync_always)
+        return AgentKit(territory=territory, root=root, broker=broker)
+
+    return start
+
+
+class WebhookReceiver:
+    """A local HTTP server recording webhook calls (see the section comment)."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        import collections
+        import threading
+
+        self.calls: list[dict[str, Any]] = []
+        self.script: collections.deque[tuple[int, dict[str, str]]] = collections.deque()
+        self.port = 0
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: Any = None
+
+    @property
+    def url(self) -> str:
+        """Where to send webhooks."""
+        return f"http://127.0.0.1:{self.port}/hooks/relais"
+
+    def start(self) -> None:
+        """Listen (on the same port as before once one was chosen)."""
+        import http.server
+        import threading
+        import time
+
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver._lock:
+                    status, headers = receiver.script.popleft() if receiver.script else (200, {})
+                    receiver.calls.append(
+                        {
+                            "id": self.headers.get("webhook-id"),
+                            "timestamp": self.headers.get("webhook-timestamp"),
+                            "signature": self.headers.get("webhook-signature"),
+                            "body": body,
+                            "status": status,
+                            "at": time.monotonic(),
+                        }
+                    )
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening (connections are refused until :meth:`start`)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """Calls answered with a 2xx status."""
+        with self._lock:
+            return [c for c in self.calls if 200 <= c["status"] < 300]
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A started :class:`WebhookReceiver`, stopped at teardown."""
+    receiver = WebhookReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()

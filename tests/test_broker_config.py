@@ -286,7 +286,7 @@ async def test_provisioning_is_idempotent(broker_factory, directory_builder):
         report = await provision(gateway.jetstream(), td.directory)
         expected = len(STREAMS) + len(consumers_for(td.directory))
         assert (report.created, report.updated, report.conflicts, report.kept) == ([], [], [], [])
-        assert len(report.unchanged) == expected == 7 + 3 + 2 * 3
+        assert len(report.unchanged) == expected == 8 + 3 + 2 * 3
         for spec in STREAMS:
             config = (await gateway.api(f"$JS.API.STREAM.INFO.{spec.name}"))["config"]
             assert config["storage"] == "file"

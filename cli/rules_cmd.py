@@ -1,0 +1,120 @@
+"""``relais rules``: explain the routing rules ("which rule sent this event to whom, and why").
+
+``explain`` evaluates the rules on routing metadata (codes only, as a sender's header
+carries them) against a signed directory, verified first against the pinned root key, and
+shows the rule, priority, deadline, département, every recipient and fallback recipient with
+the reason, and who may read each secret section.
+
+Exit codes: 0 success; 1 the directory or the rules do not verify; 2 usage. Errors are one
+line on stderr: ``error [REASON]: message``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from relais.broker_config.directory import verify_directory
+from relais.broker_config.rules import Decision, default_rules, load_rules
+from relais.cli._common import logs_to_stderr, parse_root_public_key, reported_errors
+from relais.schemas.domain import EVENT_TYPES, ROUTING_VALUE_RE, EventType
+from relais.schemas.errors import ConfigError
+
+__all__ = ["app", "decision_json"]
+
+app = typer.Typer(no_args_is_help=True, help="The routing rules of the partnership.")
+
+
+@app.callback()
+def _rules() -> None:
+    """The routing rules of the partnership."""
+    logs_to_stderr()
+
+
+def _routing(pairs: list[str]) -> dict[str, str]:
+    routing: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not ROUTING_VALUE_RE.fullmatch(key) or not ROUTING_VALUE_RE.fullmatch(value):
+            raise ConfigError("--routing takes key=value (codes: letters, digits, _ . : -)")
+        routing[key] = value
+    return routing
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    """A JSON-able explanation of a routing decision."""
+    return {
+        "rule": f"{decision.rule_id}@{decision.ruleset_version}",
+        "triage": decision.triage,
+        "sender_allowed": decision.sender_allowed,
+        "priority": decision.priority.label,
+        "deadline_seconds": decision.deadline_seconds,
+        "departement": decision.departement,
+        "closes_case": decision.closes_case,
+        "recipients": decision.explain(),
+        "audiences": {k: list(v) for k, v in sorted(decision.audiences.items())},
+    }
+
+
+@app.command("explain")
+def explain(
+    event_type: Annotated[str, typer.Option("--type", help="Event type, e.g. runaway_alert.")],
+    sender: Annotated[str, typer.Option("--sender", help="Partner id of the sender.")],
+    directory: Annotated[
+        Path, typer.Option("--directory", help="Signed directory file.", dir_okay=False)
+    ],
+    root_public_key: Annotated[
+        str,
+        typer.Option("--root-public-key", help="Pinned root public key: base64 or a file."),
+    ],
+    routing: Annotated[
+        list[str] | None, typer.Option("--routing", help="Routing metadata key=value.")
+    ] = None,
+    rules_file: Annotated[
+        Path | None,
+        typer.Option("--rules", help="Rules file (default: the packaged rules).", dir_okay=False),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Which rule sends an event to whom, and why."""
+    with reported_errors():
+        if event_type not in {t.value for t in EVENT_TYPES}:
+            raise ConfigError(f"not an event type: {event_type}")
+        try:
+            signed = directory.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
+        verified = verify_directory(signed, parse_root_public_key(root_public_key))
+        rules = load_rules(rules_file) if rules_file is not None else default_rules()
+        decision = rules.decide(
+            EventType(event_type), _routing(routing or []), sender=sender, directory=verified
+        )
+    result = decision_json(decision)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    _print(result, event_type, sender)
+
+
+def _print(result: dict[str, Any], event_type: str, sender: str) -> None:
+    console = Console()
+    deadline = result["deadline_seconds"]
+    console.print(
+        f"[bold]{event_type}[/] from {sender}: rule {result['rule']}"
+        f"{' (human triage)' if result['triage'] else ''}, priority {result['priority']},"
+        f" département {result['departement'] or '-'},"
+        f" deadline {f'{deadline} s' if deadline else 'none'}"
+    )
+    if not result["sender_allowed"]:
+        console.print("[red]this sender's kind may not send this event type[/]")
+    table = Table("partner", "role", "why")
+    for row in result["recipients"]:
+        table.add_row(row["partner"], row["role"], row["why"])
+    console.print(table)
+    for klass, partners in result["audiences"].items():
+        console.print(f"{klass} sections: {', '.join(partners) or 'nobody'}")

@@ -1,0 +1,95 @@
+"""Messages the gateway puts on ``DELIVERY`` (protocol §7.1): envelope copies and statements.
+
+Headers carry ids and codes only: ``Nats-Msg-Id`` (``<event id>:<partner>`` for an envelope
+copy, ``<statement id>:<partner>`` for a statement), ``Relais-Event-Id``, ``Relais-Type``,
+``Relais-Rule`` and, on an envelope released to a fallback recipient, ``Relais-Escalation``.
+
+Statement ids (rejection, escalation notice) are derived from what they are about
+(:func:`statement_id`), so a statement re-signed after a crash carries the same id and the
+broker's duplicate window stores it once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+from relais.broker_config.connection import Connection
+from relais.gateway.jetstream import Published, publish
+from relais.schemas.domain import EventType, Priority
+
+__all__ = [
+    "H_ESCALATION",
+    "H_EVENT_ID",
+    "H_RULE",
+    "H_TYPE",
+    "delivery_subject",
+    "publish_copy",
+    "publish_statement",
+    "statement_id",
+]
+
+H_EVENT_ID: Final = "Relais-Event-Id"
+H_TYPE: Final = "Relais-Type"
+H_RULE: Final = "Relais-Rule"
+H_ESCALATION: Final = "Relais-Escalation"
+# A fixed namespace for the name-based (v5) ids of the gateway's statements.
+_NAMESPACE: Final = uuid.UUID("5f0c8e1e-5a8b-4d55-9a52-2b8f3d6a7c10")
+
+
+def statement_id(kind: str, *parts: object) -> uuid.UUID:
+    """A stable id for the statement of ``kind`` about ``parts`` (UUID version 5)."""
+    return uuid.uuid5(_NAMESPACE, "/".join((kind, *(str(p) for p in parts))))
+
+
+def delivery_subject(partner: str, priority: Priority) -> str:
+    """``ref.out.<partner>.<PRIORITY>``."""
+    return f"ref.out.{partner}.{priority.label}"
+
+
+async def publish_copy(
+    conn: Connection,
+    envelope: bytes,
+    *,
+    partner: str,
+    priority: Priority,
+    event_id: uuid.UUID,
+    event_type: EventType,
+    rule: str,
+    escalation: uuid.UUID | None = None,
+) -> Published:
+    """One copy of an envelope for ``partner`` (deduplicated on ``<event id>:<partner>``)."""
+    headers = {H_EVENT_ID: str(event_id), H_TYPE: event_type.value, H_RULE: rule}
+    if escalation is not None:
+        headers[H_ESCALATION] = str(escalation)
+    return await publish(
+        conn,
+        delivery_subject(partner, priority),
+        envelope,
+        msg_id=f"{event_id}:{partner}",
+        headers=headers,
+    )
+
+
+async def publish_statement(
+    conn: Connection,
+    statement: bytes,
+    *,
+    partner: str,
+    priority: Priority,
+    statement_uuid: uuid.UUID,
+    statement_type: EventType,
+    event_id: uuid.UUID,
+    rule: str | None = None,
+) -> Published:
+    """A signed statement about ``event_id`` for ``partner`` (deduplicated on its id)."""
+    headers = {H_EVENT_ID: str(event_id), H_TYPE: statement_type.value}
+    if rule is not None:
+        headers[H_RULE] = rule
+    return await publish(
+        conn,
+        delivery_subject(partner, priority),
+        statement,
+        msg_id=f"{statement_uuid}:{partner}",
+        headers=headers,
+    )

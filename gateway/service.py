@@ -1,0 +1,269 @@
+"""The gateway service: router and tracker roles as asyncio tasks of one process.
+
+:func:`run_gateway` checks that the broker fsyncs every write (``require_sync_always``;
+refused unless ``allow_unsafe_no_fsync``), loads the gateway's signing key, the signed
+directory (verified against the pinned root key) and the rules, connects as the gateway
+user, publishes the directory on ``ref.dir`` when it is newer than the last edition there
+(an older one is refused: ``DIRECTORY_ROLLBACK``), then runs the roles until SIGTERM or
+SIGINT:
+
+* ``router``: :class:`~relais.gateway.router.Router` (run as many router processes as
+  needed: they share the durable consumer);
+* ``tracker``: :class:`~relais.gateway.tracker.Tracker` and the audit
+  :class:`~relais.gateway.checkpoint.Checkpointer` (run exactly one).
+
+SIGHUP reloads the directory file (a newer edition only) and the rules, publishes the
+edition and hands the new policy to the roles. Logs: structlog, one JSON object per line
+when stderr is not a terminal, one canonical line per event handled, ids and codes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Collection, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
+
+import structlog
+
+from relais.agents.keys import PartnerKeys, load_key_file
+from relais.broker_config.connection import Connection, connect, require_sync_always
+from relais.broker_config.directory import verify_directory
+from relais.broker_config.nats_conf import GATEWAY_INBOX
+from relais.broker_config.rules import RuleSet, default_rules, load_rules
+from relais.gateway import metrics
+from relais.gateway.checkpoint import Checkpointer
+from relais.gateway.jetstream import last_for_subject, publish
+from relais.gateway.policy import Policy, check_gateway_identity
+from relais.gateway.router import Router, RouterConfig
+from relais.gateway.settings import GatewaySettings, read_passphrase_file, read_root_public_key
+from relais.gateway.tracker import Tracker, TrackerConfig
+from relais.gateway.tracker_store import TrackerStore
+from relais.schemas.errors import ConfigError, DirectoryError, Reason, RelaisError
+
+__all__ = ["ROLES", "configure_logging", "load_policy", "publish_directory", "run_gateway"]
+
+ROLES: Final = frozenset({"router", "tracker"})
+_DIRECTORY_STREAM: Final = "DIRECTORY"
+_DIRECTORY_SUBJECT: Final = "ref.dir"
+
+_log = structlog.get_logger(__name__)
+
+
+def configure_logging(*, json_output: bool | None = None, stream: TextIO | None = None) -> None:
+    """structlog to ``stream`` (default: stderr as of each line): JSON unless a terminal."""
+    out = stream or sys.stderr
+    as_json = (not out.isatty()) if json_output is None else json_output
+
+    def factory(*_args: Any) -> structlog.PrintLogger:
+        """A logger on the stream as of now (tests and CLIs redirect stderr)."""
+        return structlog.PrintLogger(stream or sys.stderr)
+
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        logger_factory=factory,
+        cache_logger_on_first_use=False,
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _read(path: Any, what: str) -> bytes:
+    try:
+        return bytes(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def load_policy(
+    settings: GatewaySettings, *, min_serial: int | None = None
+) -> tuple[Policy, bytes]:
+    """The verified directory and rules the settings name, and the signed directory bytes."""
+    signed = _read(settings.directory_file, "the signed directory")
+    root = read_root_public_key(settings.root_public_key)
+    directory = verify_directory(signed, root, min_serial=min_serial)
+    rules: RuleSet = (
+        load_rules(settings.rules_file) if settings.rules_file is not None else default_rules()
+    )
+    return Policy(directory, rules), signed
+
+
+async def publish_directory(
+    conn: Connection, signed: bytes, policy: Policy, root_public_key: bytes
+) -> bool:
+    """Publish the edition on ``ref.dir`` unless the last one there is as new; True if published.
+
+    An edition there that is newer than ours is refused (``DIRECTORY_ROLLBACK``): the agents
+    would route by rules the gateway does not apply.
+    """
+    last = await last_for_subject(conn, _DIRECTORY_STREAM, _DIRECTORY_SUBJECT)
+    if last is not None:
+        try:
+            current = verify_directory(last.data, root_public_key).serial
+        except DirectoryError:
+            current = -1  # not a valid edition: replaced by ours
+        if current > policy.serial:
+            raise DirectoryError(
+                f"ref.dir holds edition {current}, newer than {policy.serial}",
+                reason=Reason.DIRECTORY_ROLLBACK,
+            )
+        if current == policy.serial:
+            return False
+    await publish(conn, _DIRECTORY_SUBJECT, signed, msg_id=f"directory-{policy.serial}")
+    _log.info("gateway.directory_published", serial=policy.serial)
+    return True
+
+
+@dataclass
+class _Gateway:
+    """The roles of one gateway process and what they share."""
+
+    settings: GatewaySettings
+    conn: Connection
+    signer: PartnerKeys
+    policy: Policy
+    roles: frozenset[str]
+    router: Router | None = None
+    tracker: Tracker | None = None
+    store: TrackerStore | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    reloads: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def build(self) -> None:
+        """Create the roles this process runs."""
+        s = self.settings
+        if "router" in self.roles:
+            config = RouterConfig(
+                max_age_ms=int(s.max_age_seconds * 1000),
+                skew_ms=int(s.skew_seconds * 1000),
+                batch=s.router_batch,
+            )
+            self.router = Router(self.conn, self.policy, self.signer, config=config)
+        if "tracker" in self.roles:
+            self.store = TrackerStore(s.database)
+            self.tracker = Tracker(
+                self.conn,
+                self.store,
+                self.policy,
+                self.signer,
+                config=TrackerConfig(tick=s.escalation_tick_seconds),
+            )
+
+    def schedule_reload(self) -> None:
+        """SIGHUP: reload in a task (signal handlers cannot await)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self.reloads.add(task)
+        task.add_done_callback(self.reloads.discard)
+
+    async def reload(self) -> None:
+        """Load a newer directory edition and the rules; keep the old ones on any error."""
+        try:
+            policy, signed = load_policy(self.settings, min_serial=self.policy.serial)
+            root = read_root_public_key(self.settings.root_public_key)
+            check_gateway_identity(policy, self.signer, _now_ms())
+            await publish_directory(self.conn, signed, policy, root)
+        except RelaisError as exc:
+            _log.error("gateway.reload_refused", reason=exc.reason.value)
+            return
+        self.policy = policy
+        for role in (self.router, self.tracker):
+            if role is not None:
+                role.policy = policy
+        _log.info("gateway.reloaded", serial=policy.serial)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the roles until ``stop``; the first role to fail stops the others."""
+        self.build()
+        jobs: list[Coroutine[Any, Any, None]] = []
+        if self.router is not None:
+            await self.router.check_replay_window()
+            jobs.append(self.router.run(stop))
+        if self.tracker is not None:
+            checkpointer = Checkpointer(
+                self.conn,
+                self.signer,
+                partnership=self.policy.directory.partnership,
+                every_records=self.settings.checkpoint_every_records,
+                every_seconds=self.settings.checkpoint_interval_seconds,
+                anchor_file=self.settings.data_dir / "audit-anchor.json",
+            )
+            jobs.append(self.tracker.run(stop))
+            tick = min(1.0, self.settings.checkpoint_interval_seconds)
+            jobs.append(checkpointer.run(stop, tick=tick))
+        self.tasks = [asyncio.create_task(job) for job in jobs]
+        done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if failed:
+            stop.set()
+            await asyncio.wait(self.tasks)
+            error = failed[0].exception()
+            if error is not None:
+                raise error
+
+
+def _install_signals(stop: asyncio.Event, gateway: _Gateway) -> list[int]:
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+        installed.append(sig)
+    loop.add_signal_handler(signal.SIGHUP, gateway.schedule_reload)
+    installed.append(signal.SIGHUP)
+    return installed
+
+
+async def run_gateway(
+    settings: GatewaySettings,
+    roles: Collection[str] = ROLES,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Run the gateway roles until SIGTERM/SIGINT (or ``stop``); see the module docstring."""
+    wanted = frozenset(roles)
+    if not wanted or not wanted <= ROLES:
+        raise ConfigError(f"roles must be among {sorted(ROLES)}")
+    await require_sync_always(settings.monitor_url, allow_unsafe=settings.allow_unsafe_no_fsync)
+    signer = load_key_file(settings.key_file, read_passphrase_file(settings.passphrase_file))
+    policy, signed = load_policy(settings)
+    check_gateway_identity(policy, signer, _now_ms())
+    root = read_root_public_key(settings.root_public_key)
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port)
+    conn = await connect(
+        settings.servers,
+        creds=settings.creds,
+        inbox_prefix=GATEWAY_INBOX,
+        name=f"relais-gateway-{'-'.join(sorted(wanted))}",
+    )
+    stop = stop or asyncio.Event()
+    gateway = _Gateway(settings, conn, signer, policy, wanted)
+    installed: list[int] = []
+    try:
+        await publish_directory(conn, signed, policy, root)
+        if handle_signals:
+            installed = _install_signals(stop, gateway)
+        _log.info("gateway.started", roles=sorted(wanted), serial=policy.serial)
+        await gateway.run(stop)
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await conn.close()
+        if gateway.store is not None:
+            gateway.store.close()
+        _log.info("gateway.stopped", roles=sorted(wanted))

@@ -1,0 +1,156 @@
+"""The gateway's settings: one object, from a TOML file and ``RELAIS_GATEWAY_*`` variables.
+
+Example ``gateway.toml`` (relative paths are relative to the file)::
+
+    nats_url = "nats://127.0.0.1:4222"        # several: comma-separated
+    monitor_url = "http://127.0.0.1:8222"     # to check that the server fsyncs every write
+    creds = "creds/gateway.nk"                # the gateway NATS user's nkey seed (0600)
+    key_file = "keys/gateway.key"             # the gateway's signing key (relais-key/1)
+    passphrase_file = "keys/gateway.pass"     # its passphrase, first line (0600)
+    directory_file = "directory.json"         # the signed directory in force
+    root_public_key = "root.pub"              # pinned root key: base64 or a file holding it
+    data_dir = "var/gateway"                  # the tracker's SQLite database
+    # rules_file = "rules.toml"               # default: the packaged partnership rules
+    # max_age_seconds = 604800                # older events are refused (STALE)
+    # allow_unsafe_no_fsync = false           # development only
+
+Values given to :func:`load_settings` override environment variables, which override the
+defaults.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relais.agents.keys import read_public_key
+from relais.schemas.errors import ConfigError
+
+__all__ = [
+    "GatewaySettings",
+    "load_settings",
+    "read_passphrase_file",
+    "read_root_public_key",
+]
+
+_DAY: Final = 86_400.0
+_MAX_PASSPHRASE_BYTES: Final = 4096
+_MAX_KEY_FILE_BYTES: Final = 16 * 1024
+_PATH_FIELDS: Final = (
+    "creds",
+    "key_file",
+    "passphrase_file",
+    "directory_file",
+    "rules_file",
+    "data_dir",
+)
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway service needs (see the module docstring)."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAIS_GATEWAY_", extra="forbid", frozen=True)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    monitor_url: str = "http://127.0.0.1:8222"
+    creds: Path
+    key_file: Path
+    passphrase_file: Path
+    directory_file: Path
+    root_public_key: str = Field(min_length=1)
+    rules_file: Path | None = None
+    data_dir: Path
+    max_age_seconds: float = Field(default=7 * _DAY, gt=0)
+    skew_seconds: float = Field(default=300.0, ge=0, le=3600)
+    escalation_tick_seconds: float = Field(default=0.5, gt=0, le=5)
+    checkpoint_every_records: int = Field(default=1000, ge=1)
+    checkpoint_interval_seconds: float = Field(default=10.0, gt=0)
+    router_batch: int = Field(default=100, ge=1, le=1000)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    allow_unsafe_no_fsync: bool = False
+
+    @property
+    def servers(self) -> list[str]:
+        """The NATS server URLs."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def database(self) -> Path:
+        """The tracker's SQLite database."""
+        return self.data_dir / "tracker.sqlite3"
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Settings from a TOML file (relative paths resolved against it), then the environment."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read the gateway settings {path}") from exc
+        base = path.resolve().parent
+        for name in _PATH_FIELDS:
+            if isinstance(values.get(name), str):
+                values[name] = base / values[name]
+        key = values.get("root_public_key")
+        if isinstance(key, str) and (base / key).is_file():
+            values["root_public_key"] = str(base / key)
+    values.update(overrides)
+    try:
+        return GatewaySettings(**values)
+    except ValidationError as exc:
+        where = "; ".join(
+            ".".join(str(p) for p in e["loc"]) + f": {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"invalid gateway settings: {where}") from exc
+
+
+def read_root_public_key(value: str) -> bytes:
+    """The pinned root Ed25519 public key: base64, or a file (``.pub.json`` or base64 text)."""
+    text = value
+    path = Path(value)
+    if path.is_file():
+        try:
+            data = path.read_bytes()[: _MAX_KEY_FILE_BYTES + 1]
+        except OSError as exc:
+            raise ConfigError(f"cannot read the root public key {path}") from exc
+        if len(data) > _MAX_KEY_FILE_BYTES:
+            raise ConfigError(f"{path} is too large for a public key")
+        if data.lstrip().startswith(b"{"):
+            return read_public_key(path).sign_pk
+        text = data.decode("ascii", "replace").strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError("the root public key must be 32 bytes in base64")
+    return raw
+
+
+def read_passphrase_file(path: Path) -> bytes:
+    """The first line of a passphrase file, refused when group or others may access it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode) or mode & 0o077:
+            raise ConfigError(f"passphrase file {path} must be a regular file of mode 0600")
+        data = os.read(fd, _MAX_PASSPHRASE_BYTES + 1)
+    finally:
+        os.close(fd)
+    passphrase = data.split(b"\n", 1)[0].removesuffix(b"\r")
+    if not passphrase or len(data) > _MAX_PASSPHRASE_BYTES:
+        raise ConfigError(f"passphrase file {path} is empty or too large")
+    return passphrase

@@ -1,0 +1,342 @@
+"""The tracker's durable state: SQLite (WAL, ``synchronous=FULL``) under the gateway's data dir.
+
+Tables::
+
+    events    one row per routed event: who, which rule, the ingress sequence and digest of
+              the original envelope, its deadline, its state (open, taken, escalated, closed)
+    parties   one row per (event, partner): role (recipient, fallback) and state
+              (ROUTED < DELIVERED < TAKEN_IN_CHARGE | DECLINED), with the decline reason
+    early     receipt entries for events not known yet (their ROUTED audit record is late)
+    closures  closing events (runaway ended) whose case is not known yet
+
+Every change is idempotent: an event is inserted once, a party's state only moves forward
+(a duplicate, older or conflicting receipt changes nothing), an event leaves ``open`` once.
+The store holds ids, codes and times only. It is used from one thread (the event loop);
+callers group changes in :meth:`TrackerStore.transaction`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+
+from relais.schemas.errors import ConfigError
+
+__all__ = [
+    "EarlyReceipt",
+    "EventState",
+    "Party",
+    "PartyState",
+    "TrackedEvent",
+    "TrackerStore",
+]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    ingress_seq INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    routed_at INTEGER NOT NULL,
+    deadline_at INTEGER,
+    fallback TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (state, deadline_at);
+CREATE TABLE IF NOT EXISTS parties (
+    event_id TEXT NOT NULL,
+    partner TEXT NOT NULL,
+    role TEXT NOT NULL,
+    state TEXT NOT NULL,
+    decline_reason TEXT,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (event_id, partner)
+);
+CREATE TABLE IF NOT EXISTS early (
+    event_id TEXT NOT NULL,
+    partner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    decline_reason TEXT,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (event_id, partner, state)
+);
+CREATE TABLE IF NOT EXISTS closures (
+    case_ref TEXT PRIMARY KEY,
+    closing_event TEXT NOT NULL,
+    closing_sender TEXT NOT NULL,
+    alert_sender TEXT,
+    at INTEGER NOT NULL
+);
+"""
+
+
+class EventState(StrEnum):
+    """Where an event stands for the partnership."""
+
+    OPEN = "open"  # waiting to be taken in charge
+    TAKEN = "taken"  # a recipient took it in charge: no escalation
+    ESCALATED = "escalated"  # the deadline passed: released to the fallback recipients
+    CLOSED = "closed"  # its case was closed (e.g. runaway ended): no escalation
+
+
+class PartyState(StrEnum):
+    """Where an event stands at one recipient (receipt states, plus ROUTED)."""
+
+    ROUTED = "ROUTED"
+    DELIVERED = "DELIVERED"
+    TAKEN_IN_CHARGE = "TAKEN_IN_CHARGE"
+    DECLINED = "DECLINED"
+
+    @property
+    def rank(self) -> int:
+        """Order of the states; TAKEN_IN_CHARGE and DECLINED are both final."""
+        return _RANK[self]
+
+
+_RANK: Final = {
+    PartyState.ROUTED: 0,
+    PartyState.DELIVERED: 1,
+    PartyState.TAKEN_IN_CHARGE: 2,
+    PartyState.DECLINED: 2,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedEvent:
+    """One routed event as the tracker follows it."""
+
+    event_id: uuid.UUID
+    event_type: str
+    sender: str
+    rule: str
+    priority: str
+    ingress_seq: int
+    digest: str
+    routed_at: int
+    deadline_at: int | None
+    fallback: tuple[str, ...]
+    state: EventState
+    state_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """One recipient (or fallback recipient) of an event."""
+
+    partner: str
+    role: str  # "recipient" or "fallback"
+    state: PartyState
+    decline_reason: str | None
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyReceipt:
+    """A receipt entry kept until its event is known."""
+
+    partner: str
+    state: PartyState
+    decline_reason: str | None
+    at: int
+
+
+def _event(row: sqlite3.Row) -> TrackedEvent:
+    return TrackedEvent(
+        event_id=uuid.UUID(row["event_id"]),
+        event_type=row["event_type"],
+        sender=row["sender"],
+        rule=row["rule"],
+        priority=row["priority"],
+        ingress_seq=row["ingress_seq"],
+        digest=row["digest"],
+        routed_at=row["routed_at"],
+        deadline_at=row["deadline_at"],
+        fallback=tuple(json.loads(row["fallback"])),
+        state=EventState(row["state"]),
+        state_at=row["state_at"],
+    )
+
+
+class TrackerStore:
+    """The tracker's SQLite database (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the tracker database {path}: {exc}") from exc
+        self._depth = 0
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of changes (committed on exit, rolled back on an exception)."""
+        if self._depth:
+            raise ConfigError("tracker store transactions do not nest")
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # -- events --------------------------------------------------------------------------------
+
+    def add_event(self, record: Mapping[str, Any]) -> bool:
+        """Insert a routed event (a ROUTED audit record) and its recipients; False if known."""
+        event_id, at = record["event_id"], int(record["at"])
+        inserted = self._db.execute(
+            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                event_id,
+                record["event_type"],
+                record["sender"],
+                record["rule"],
+                record["priority"],
+                int(record["ingress_seq"]),
+                record["digest"],
+                at,
+                record.get("deadline_at"),
+                json.dumps(list(record.get("fallback", []))),
+                EventState.OPEN.value,
+                at,
+            ),
+        ).rowcount
+        if not inserted:
+            return False
+        for partner in record["recipients"]:
+            self.add_party(uuid.UUID(event_id), partner, "recipient", at)
+        return True
+
+    def event(self, event_id: uuid.UUID) -> TrackedEvent | None:
+        """The event, or ``None`` when the tracker has not learnt it (yet)."""
+        row = self._db.execute("SELECT * FROM events WHERE event_id = ?", (str(event_id),))
+        found = row.fetchone()
+        return _event(found) if found is not None else None
+
+    def set_state(self, event_id: uuid.UUID, state: EventState, at: int) -> bool:
+        """Move an event to ``state``; False when it is already there."""
+        changed = self._db.execute(
+            "UPDATE events SET state = ?, state_at = ? WHERE event_id = ? AND state != ?",
+            (state.value, at, str(event_id), state.value),
+        ).rowcount
+        return bool(changed)
+
+    def due(self, now_ms: int) -> list[TrackedEvent]:
+        """Open events whose deadline has passed, oldest deadline first."""
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE state = ? AND deadline_at IS NOT NULL"
+            " AND deadline_at <= ? ORDER BY deadline_at",
+            (EventState.OPEN.value, now_ms),
+        )
+        return [_event(row) for row in rows.fetchall()]
+
+    # -- parties -------------------------------------------------------------------------------
+
+    def add_party(self, event_id: uuid.UUID, partner: str, role: str, at: int) -> None:
+        """A recipient or fallback recipient of an event, in state ROUTED (kept if present)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO parties VALUES (?,?,?,?,NULL,?)",
+            (str(event_id), partner, role, PartyState.ROUTED.value, at),
+        )
+
+    def parties(self, event_id: uuid.UUID) -> list[Party]:
+        """The recipients and fallback recipients of an event."""
+        rows = self._db.execute(
+            "SELECT * FROM parties WHERE event_id = ? ORDER BY role DESC, partner",
+            (str(event_id),),
+        )
+        return [
+            Party(r["partner"], r["role"], PartyState(r["state"]), r["decline_reason"], r["at"])
+            for r in rows.fetchall()
+        ]
+
+    def advance(
+        self,
+        event_id: uuid.UUID,
+        partner: str,
+        state: PartyState,
+        decline_reason: str | None,
+        at: int,
+    ) -> bool:
+        """Move a party forward to ``state``; False when that is not forward (nothing changes)."""
+        row = self._db.execute(
+            "SELECT state FROM parties WHERE event_id = ? AND partner = ?",
+            (str(event_id), partner),
+        ).fetchone()
+        if row is None or PartyState(row["state"]).rank >= state.rank:
+            return False
+        self._db.execute(
+            "UPDATE parties SET state = ?, decline_reason = ?, at = ?"
+            " WHERE event_id = ? AND partner = ?",
+            (state.value, decline_reason, at, str(event_id), partner),
+        )
+        return True
+
+    # -- early receipts and closures -------------------------------------------------------------
+
+    def park_receipt(self, event_id: uuid.UUID, entry: EarlyReceipt) -> None:
+        """Keep a receipt entry until its event is known."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO early VALUES (?,?,?,?,?)",
+            (str(event_id), entry.partner, entry.state.value, entry.decline_reason, entry.at),
+        )
+
+    def take_early(self, event_id: uuid.UUID) -> list[EarlyReceipt]:
+        """The receipt entries kept for ``event_id`` (removed from the store), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM early WHERE event_id = ? ORDER BY at", (str(event_id),)
+        ).fetchall()
+        self._db.execute("DELETE FROM early WHERE event_id = ?", (str(event_id),))
+        return [
+            EarlyReceipt(r["partner"], PartyState(r["state"]), r["decline_reason"], r["at"])
+            for r in rows
+        ]
+
+    def park_closure(
+        self,
+        case_ref: uuid.UUID,
+        closing_event: str,
+        closing_sender: str,
+        alert_sender: str | None,
+        at: int,
+    ) -> None:
+        """Keep a closing event until the case it closes is known."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO closures VALUES (?,?,?,?,?)",
+            (str(case_ref), closing_event, closing_sender, alert_sender, at),
+        )
+
+    def take_closure(self, case_ref: uuid.UUID) -> dict[str, Any] | None:
+        """The closing event kept for ``case_ref`` (removed from the store), if any."""
+        row = self._db.execute(
+            "SELECT * FROM closures WHERE case_ref = ?", (str(case_ref),)
+        ).fetchone()
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM closures WHERE case_ref = ?", (str(case_ref),))
+        return dict(row)
