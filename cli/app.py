@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import typer
 
-from relais.cli import broker_cmd, directory_cmd, keys_cmd, schemas_cmd
+from relais.cli import (
+    agent_cmd,
+    audit_cmd,
+    broker_cmd,
+    directory_cmd,
+    gateway_cmd,
+    keys_cmd,
+    rules_cmd,
+    schemas_cmd,
+)
 from relais.cli import demo as demo_cmd
 
 __all__ = ["app", "main"]
@@ -30,6 +39,10 @@ app.add_typer(keys_cmd.app, name="keys", help="Partner key pairs and encrypted k
 app.add_typer(directory_cmd.app, name="directory", help="The signed partner directory.")
 app.add_typer(schemas_cmd.app, name="schemas", help="The shared Avro schemas.")
 app.add_typer(broker_cmd.app, name="broker", help="The NATS broker: embedded server, status.")
+app.add_typer(rules_cmd.app, name="rules", help="The routing rules of the partnership.")
+app.add_typer(gateway_cmd.app, name="gateway", help="The gateway: router, tracker, audit log.")
+app.add_typer(audit_cmd.app, name="audit", help="The tamper-evident audit log.")
+app.add_typer(agent_cmd.app, name="agent", help="A partner's agent: outbox, inbox, local API.")
 app.command("demo")(demo_cmd.demo)
 
 

@@ -1,0 +1,158 @@
+"""The signed directory an agent works with, kept current without a restart.
+
+The agent starts from the configured directory file, or from the newer edition it cached in
+its data directory on an earlier run. It then polls the last edition the gateway published
+on ``ref.dir`` (``$JS.API.DIRECT.GET.DIRECTORY.ref.dir``, a direct get of the last message
+by subject, which every partner user may do), verifies it against the pinned root key,
+refuses anything older than the edition in use (``DIRECTORY_ROLLBACK``), and applies a
+newer one at once: the next event is routed and verified with it. The edition in use is
+cached (atomically) so a restart never goes back to an older one.
+
+:class:`DirectoryView` is an immutable snapshot: a message is judged entirely under one
+edition even if a new one arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from relais.agents.keys import write_atomic
+from relais.broker_config.connection import Connection
+from relais.broker_config.directory import Directory, DirectoryKeys, verify_directory
+from relais.schemas.errors import ConfigError, DirectoryError, EnvelopeError, Reason, RelaisError
+
+__all__ = ["DIRECTORY_SUBJECT", "DirectoryView", "DirectoryWatch", "HistoricKeys"]
+
+DIRECTORY_SUBJECT: Final = "ref.dir"
+_DIRECT_GET: Final = "$JS.API.DIRECT.GET.DIRECTORY." + DIRECTORY_SUBJECT
+
+_log = structlog.get_logger(__name__)
+
+
+class HistoricKeys:
+    """Signing keys as listed in the directory, whatever their validity today.
+
+    For re-verifying envelopes the agent stored after verifying them on receipt: a key
+    revoked or expired since must not make the inbox unreadable, yet the bytes read back
+    are still checked against a key the signed directory lists for that sender.
+    """
+
+    __slots__ = ("_directory",)
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    def signing_key(self, partner_id: str, key_id: str, at_ms: int) -> bytes:
+        """The listed Ed25519 key (``UNKNOWN_SENDER`` / ``UNKNOWN_KEY`` when not listed)."""
+        partner = self._directory.get(partner_id)
+        if partner is None:
+            raise EnvelopeError(Reason.UNKNOWN_SENDER)
+        key = partner.key(key_id)
+        if key is None:
+            raise EnvelopeError(Reason.UNKNOWN_KEY)
+        return key.sign_pk_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryView:
+    """One verified edition and its key resolvers."""
+
+    directory: Directory
+    signed: bytes = field(repr=False)
+    keys: DirectoryKeys = field(init=False, repr=False)
+    historic: HistoricKeys = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", DirectoryKeys(self.directory))
+        object.__setattr__(self, "historic", HistoricKeys(self.directory))
+
+    @property
+    def serial(self) -> int:
+        """The edition's serial."""
+        return self.directory.serial
+
+
+class DirectoryWatch:
+    """The current directory edition, verified against the pinned root key."""
+
+    def __init__(self, root_public_key: bytes, initial: bytes, *, cache: Path | None) -> None:
+        """Start from ``initial`` or from the cached edition, whichever is newer."""
+        self._root = root_public_key
+        self._cache = cache
+        view = DirectoryView(verify_directory(initial, root_public_key), initial)
+        cached = self._read_cache()
+        self._cached_serial = None if cached is None else cached.serial
+        if cached is not None and cached.serial > view.serial:
+            view = cached
+        self._view = view
+
+    def _read_cache(self) -> DirectoryView | None:
+        if self._cache is None or not self._cache.is_file():
+            return None
+        try:
+            signed = self._cache.read_bytes()
+            return DirectoryView(verify_directory(signed, self._root), signed)
+        except (OSError, RelaisError) as exc:
+            reason = exc.reason.value if isinstance(exc, RelaisError) else "UNREADABLE"
+            _log.warning("agent.directory_cache_ignored", reason=reason)
+            return None
+
+    @property
+    def current(self) -> DirectoryView:
+        """The edition in use."""
+        return self._view
+
+    @property
+    def serial(self) -> int:
+        """Serial of the edition in use."""
+        return self._view.serial
+
+    def offer(self, signed: bytes) -> bool:
+        """Apply ``signed`` if it verifies and is newer; True when applied.
+
+        Raises ``DirectoryError`` (bad signature, malformed, rollback).
+        """
+        directory = verify_directory(signed, self._root, min_serial=self._view.serial)
+        if directory.serial == self._view.serial:
+            return False
+        self._view = DirectoryView(directory, signed)
+        self._write_cache()
+        _log.info("agent.directory_applied", serial=directory.serial)
+        return True
+
+    def _write_cache(self) -> None:
+        if self._cache is None:
+            return
+        try:
+            write_atomic(self._cache, self._view.signed, mode=0o644, overwrite=True)
+        except ConfigError:
+            _log.warning("agent.directory_cache_not_written", serial=self._view.serial)
+        else:
+            self._cached_serial = self._view.serial
+
+    async def poll(self, conn: Connection) -> bool:
+        """Fetch the last edition on ``ref.dir`` and apply it if newer; True when applied.
+
+        A missing, invalid or older edition changes nothing (logged with its reason code).
+        Transport failures raise ``TransportError``.
+        """
+        msg = await conn.request(_DIRECT_GET, b"")
+        status = (msg.headers or {}).get("Status")
+        if status is not None:
+            if status != "404":
+                _log.warning("agent.directory_poll_status", status=status)
+            return False
+        try:
+            return self.offer(msg.data)
+        except DirectoryError as exc:
+            _log.warning("agent.directory_refused", reason=exc.reason.value)
+            return False
+
+    def initialise_cache(self) -> None:
+        """Cache the edition in use when the cache holds none or an older one."""
+        if self._cached_serial is None or self._cached_serial < self._view.serial:
+            self._write_cache()

@@ -1,0 +1,534 @@
+"""The partner agent: its Python API and the background tasks that never lose an event.
+
+::
+
+    async with Agent(load_settings(Path("agent.toml"))) as agent:
+        sub = await agent.submit("runaway_alert", record, idempotency_key="fpr-2025-0042")
+        for item in await agent.inbox(state=InboxState.DELIVERED):
+            await agent.take_charge(item.event_id)
+
+Starting loads the key files (several during a rotation), verifies the directory (the file
+given, or the newer edition cached from an earlier run) and opens the database; the
+connection to the broker is then made in the background, so the agent accepts events and
+serves its inbox while the broker is away. Background tasks: the connection, the outbox
+publisher (:mod:`~relais.agents.outbox`), the receiver (:mod:`~relais.agents.receiving`),
+the receipt sender (:mod:`~relais.agents.receipts`), the webhook dispatcher
+(:mod:`~relais.agents.webhooks`), the directory poller and the intake writer, which writes
+concurrent submissions in one transaction (one fsync for many answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Self
+
+import httpx
+import structlog
+
+from relais.agents.database import Database
+from relais.agents.directory_watch import DirectoryWatch
+from relais.agents.inbox import DECLINE_REASONS, open_stored
+from relais.agents.intake import Intake
+from relais.agents.keyring import Keyring
+from relais.agents.link import Link
+from relais.agents.metrics import AgentMetrics
+from relais.agents.models import (
+    InboxItem,
+    InboxState,
+    Notice,
+    Outgoing,
+    Readiness,
+    SentEvent,
+    Submission,
+    WebhookJob,
+)
+from relais.agents.outbox import Publisher
+from relais.agents.receipts import ReceiptSender
+from relais.agents.receiving import ReceiveConfig, Receiver
+from relais.agents.sealing import Plan, plan_event, publishable_schema, seal_planned
+from relais.agents.settings import (
+    AgentSettings,
+    read_root_public_key,
+    read_secret_file,
+    read_webhook_secret,
+)
+from relais.agents.store import StoredBatch
+from relais.agents.views import item_json, notice_json, webhook_body
+from relais.agents.webhooks import WebhookDispatcher, WebhookPolicy
+from relais.broker_config.rules import RuleSet, default_rules, load_rules
+from relais.schemas.domain import EventType, Priority
+from relais.schemas.envelope import LocalIdentity, new_event_id
+from relais.schemas.errors import (
+    ConfigError,
+    EnvelopeError,
+    PayloadError,
+    Reason,
+    RelaisError,
+    TransportError,
+)
+
+__all__ = ["DECLINE_REASONS", "Agent"]
+
+_log = structlog.get_logger(__name__)
+_FINAL_FLUSH_SECONDS = 2.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Agent:
+    """One partner's agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        passphrase: bytes | None = None,
+        rules: RuleSet | None = None,
+        webhook_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """Prepare an agent; nothing is read or opened before :meth:`start`.
+
+        ``passphrase`` unlocks the key files (else read from ``settings.passphrase_file``).
+        """
+        self.settings = settings
+        self.metrics = AgentMetrics()
+        self._passphrase = passphrase
+        self._rules = rules
+        self._webhook_transport = webhook_transport
+        self._db = Database()
+        self._link = Link(
+            settings.partner_id,
+            settings.servers,
+            settings.creds,
+            connect_timeout=settings.connect_timeout_seconds,
+            request_timeout=settings.request_timeout_seconds,
+        )
+        self._keyring: Keyring | None = None
+        self._watch: DirectoryWatch | None = None
+        self._intake: Intake | None = None
+        self._lock_fd: int | None = None
+        self._publisher: Publisher | None = None
+        self._receipts: ReceiptSender | None = None
+        self._webhooks: WebhookDispatcher | None = None
+        self._receiver: Receiver | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load keys and directory, open the database, start the background tasks."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        keyring = await self._load_keys()
+        if s.partner_id != keyring.partner_id:
+            raise ConfigError("the key files are not those of partner_id")
+        self._keyring = keyring
+        s.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_data_dir()
+        try:
+            initial = s.directory_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the directory file {s.directory_file}") from exc
+        root = read_root_public_key(s.root_public_key)
+        self._watch = DirectoryWatch(root, initial, cache=s.directory_cache)
+        self._watch.initialise_cache()
+        self.metrics.directory_serial.set(self._watch.serial)
+        if self._rules is None:
+            self._rules = load_rules(s.rules_file) if s.rules_file else default_rules()
+        await self._db.open(s.database)
+        self._build(keyring, self._watch)
+        self._spawn()
+        _log.info("agent.started", partner=s.partner_id, directory_serial=self._watch.serial)
+
+    def _lock_data_dir(self) -> None:
+        """One agent per data directory: a second one would race the first on its consumers."""
+        fd = os.open(self.settings.data_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigError(f"another agent runs on {self.settings.data_dir}") from exc
+        self._lock_fd = fd
+
+    async def _load_keys(self) -> Keyring:
+        passphrase = self._passphrase
+        if passphrase is None:
+            if self.settings.passphrase_file is None:
+                raise ConfigError("no passphrase: give passphrase_file or a passphrase")
+            passphrase = read_secret_file(self.settings.passphrase_file, "passphrase")
+        return await asyncio.to_thread(Keyring.load, self.settings.key_files, passphrase)
+
+    def _build(self, keyring: Keyring, watch: DirectoryWatch) -> None:
+        s = self.settings
+        self._intake = Intake(db=self._db, metrics=self.metrics, mac_key=keyring.idempotency_key())
+        self._publisher = Publisher(
+            partner_id=s.partner_id,
+            link=self._link,
+            db=self._db,
+            metrics=self.metrics,
+            window=s.publish_window,
+            backoff_max=s.publish_backoff_max_seconds,
+        )
+        self._receipts = ReceiptSender(
+            partner_id=s.partner_id,
+            signer=self._signer,
+            link=self._link,
+            db=self._db,
+            metrics=self.metrics,
+        )
+        self._webhooks = self._webhook_dispatcher()
+        self._receiver = Receiver(
+            ReceiveConfig(
+                batch=s.fetch_batch,
+                expires=s.pull_expires_seconds,
+                retry_deliveries=s.retry_deliveries,
+                retry_delay=s.retry_delay_seconds,
+                webhooks=self._webhooks is not None,
+            ),
+            keyring=keyring,
+            watch=watch,
+            link=self._link,
+            db=self._db,
+            receipts=self._receipts,
+            metrics=self.metrics,
+            refresh_directory=self.refresh_directory,
+            on_stored=self._stored,
+        )
+
+    def _webhook_dispatcher(self) -> WebhookDispatcher | None:
+        s = self.settings
+        if s.webhook_url is None or s.webhook_secret_file is None:
+            return None  # the partner's system polls the inbox
+        policy = WebhookPolicy(
+            url=s.webhook_url,
+            secret=read_webhook_secret(s.webhook_secret_file),
+            timeout=s.webhook_timeout_seconds,
+            concurrency=s.webhook_concurrency,
+            backoff_initial=s.webhook_backoff_initial_seconds,
+            backoff_max=s.webhook_backoff_max_seconds,
+            give_up_after=s.webhook_give_up_seconds,
+        )
+        return WebhookDispatcher(
+            policy,
+            db=self._db,
+            render=self._render,
+            metrics=self.metrics,
+            transport=self._webhook_transport,
+        )
+
+    def _spawn(self) -> None:
+        if (
+            self._publisher is None
+            or self._receipts is None
+            or self._receiver is None
+            or self._intake is None
+        ):
+            raise ConfigError("the agent is not built", reason=Reason.NOT_READY)
+        runners = [
+            self._link.run(self._stop),
+            self._publisher.run(self._stop),
+            self._receipts.run(self._stop),
+            self._receiver.run(self._stop),
+            self._housekeeping(self._stop),
+            self._intake.run(),
+        ]
+        if self._webhooks is not None:
+            runners.append(self._webhooks.run(self._stop))
+        self._tasks = [asyncio.create_task(self._supervised(r)) for r in runners]
+
+    async def _supervised(self, runner: Any) -> None:
+        try:
+            await runner
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A background task must not die silently: the agent would look alive.
+            reason = exc.reason.value if isinstance(exc, RelaisError) else type(exc).__name__
+            _log.error("agent.task_failed", reason=reason)
+            self._stop.set()
+            raise
+
+    async def stop(self) -> None:
+        """Stop the background tasks, send the receipts still pending, close everything."""
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._receipts is not None and self._link.is_connected:
+            # Best effort: whatever is not sent now is sent by the next start.
+            with contextlib.suppress(RelaisError, TimeoutError):
+                async with asyncio.timeout(_FINAL_FLUSH_SECONDS):
+                    await self._receipts.flush()
+        await self._link.close()
+        await self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+        _log.info("agent.stopped", partner=self.settings.partner_id)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def stopped(self) -> asyncio.Event:
+        """Set when the agent stops (or a background task failed)."""
+        return self._stop
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Keys loaded and valid in the directory, directory verified, NATS connected."""
+        keys = False
+        if self._keyring is not None and self._watch is not None:
+            try:
+                self._keyring.signer(self._watch.current.directory, _now_ms())
+                keys = True
+            except EnvelopeError:
+                keys = False
+        connected = self._link.is_connected
+        self.metrics.nats_connected.set(1 if connected else 0)
+        return Readiness(keys=keys, directory=self._watch is not None, nats=connected)
+
+    @property
+    def directory_serial(self) -> int:
+        """Serial of the directory edition in use."""
+        return self._require_watch().serial
+
+    @property
+    def partner_id(self) -> str:
+        """This agent's partner id."""
+        return self.settings.partner_id
+
+    def _require_watch(self) -> DirectoryWatch:
+        if self._watch is None:
+            raise ConfigError("the agent is not started", reason=Reason.NOT_READY)
+        return self._watch
+
+    def _require_keys(self) -> Keyring:
+        if self._keyring is None:
+            raise ConfigError("the agent is not started", reason=Reason.NOT_READY)
+        return self._keyring
+
+    def _signer(self) -> LocalIdentity:
+        return self._require_keys().signer(self._require_watch().current.directory, _now_ms())
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        event_type: EventType | str,
+        record: Mapping[str, Any],
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """Validate, route, seal and durably queue one event; its id and recipients.
+
+        ``record`` is an Avro datum or its JSON form (ISO dates and times, base64 bytes).
+        The same ``idempotency_key`` with the same content answers the first submission
+        again (nothing new is queued); with other content it is refused
+        (``PayloadError(IDEMPOTENCY_KEY_REUSED)``). Other errors: ``SchemaError``
+        (``UNKNOWN_TYPE``), ``PayloadError`` naming the invalid fields, ``RoutingError``
+        (``NO_RULE``, ``SENDER_NOT_ALLOWED``...), ``EnvelopeError`` (``OVERSIZE``; or this
+        partner's key is not valid), ``ConfigError(NOT_READY)``.
+        """
+        watch, keyring = self._require_watch(), self._require_keys()
+        intake = self._require_intake()
+        schema = publishable_schema(event_type)
+        datum = schema.from_json(record)
+        mac = None
+        if idempotency_key is not None:
+            mac = intake.fingerprint(schema.event_type, datum)
+            earlier = await intake.earlier(idempotency_key, mac)
+            if earlier is not None:
+                return earlier
+        now = _now_ms()
+        plan = plan_event(
+            schema.event_type,
+            datum,
+            sender=keyring.partner_id,
+            directory=watch.current.directory,
+            rules=self._rules or default_rules(),
+            at_ms=now,
+        )
+        event_id = new_event_id(now)
+        envelope = seal_planned(
+            plan,
+            sender=keyring.signer(watch.current.directory, now),
+            now_ms=now,
+            ttl_ms=int(self.settings.event_ttl_seconds * 1000),
+            event_id=event_id,
+        )
+        sub = await intake.write(
+            _outgoing(plan, str(event_id), envelope, now, idempotency_key, mac)
+        )
+        if self._publisher is not None:
+            self._publisher.wake()
+        return sub
+
+    def _require_intake(self) -> Intake:
+        if self._intake is None or self._stop.is_set():
+            raise ConfigError("the agent is not running", reason=Reason.NOT_READY)
+        return self._intake
+
+    async def sent_event(self, event_id: uuid.UUID | str) -> SentEvent | None:
+        """The state of an event submitted here (``None``: unknown id)."""
+        row = await self._db.run(self._db.store.sent, str(uuid.UUID(str(event_id))))
+        if row is None:
+            return None
+        return SentEvent(
+            event_id=uuid.UUID(row.event_id),
+            event_type=EventType(row.event_type),
+            priority=Priority(row.priority),
+            recipients=row.recipients,
+            fallback=row.fallback,
+            rule=row.rule,
+            triage=row.triage,
+            state=row.state,
+            reason=row.reason,
+            created_at_ms=row.created_at_ms,
+            published_at_ms=row.published_at_ms,
+            ingress_seq=row.ingress_seq,
+        )
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _stored(self, stored: StoredBatch) -> None:
+        if self._webhooks is not None and stored.webhook_jobs:
+            self._webhooks.enqueue(stored.webhook_jobs)
+
+    async def inbox(
+        self, *, state: InboxState | None = None, after: int = 0, limit: int = 50
+    ) -> list[InboxItem]:
+        """Received events after the cursor ``after``, oldest first, decrypted."""
+        records = await self._db.run(
+            self._db.store.inbox_records, state=state, after=after, limit=limit
+        )
+        return [self._open(r) for r in records]
+
+    async def inbox_item(self, event_id: uuid.UUID | str) -> InboxItem | None:
+        """One received event, decrypted (``None``: not in the inbox)."""
+        record = await self._db.run(self._db.store.inbox_record, str(uuid.UUID(str(event_id))))
+        return None if record is None else self._open(record)
+
+    def _open(self, record: Any) -> InboxItem:
+        return open_stored(record, keyring=self._require_keys(), view=self._require_watch().current)
+
+    async def notices(self, *, after: int = 0, limit: int = 50) -> list[Notice]:
+        """Rejections and escalation notices received, oldest first."""
+        return await self._db.run(self._db.store.notices, after=after, limit=limit)
+
+    async def take_charge(self, event_id: uuid.UUID | str) -> InboxState:
+        """Record that the partner takes the event in charge; the signed receipt follows."""
+        return await self._act(event_id, InboxState.TAKEN_IN_CHARGE, None)
+
+    async def decline(self, event_id: uuid.UUID | str, reason: str) -> InboxState:
+        """Record that the partner declines the event (``reason`` from the receipt schema)."""
+        if reason not in DECLINE_REASONS:
+            raise PayloadError("unknown decline reason", fields=("reason",))
+        return await self._act(event_id, InboxState.DECLINED, reason)
+
+    async def _act(
+        self, event_id: uuid.UUID | str, state: InboxState, reason: str | None
+    ) -> InboxState:
+        eid = str(uuid.UUID(str(event_id)))
+        record = await self._db.run(self._db.store.act, eid, state, reason, _now_ms())
+        action = "take_charge" if state is InboxState.TAKEN_IN_CHARGE else "decline"
+        if record is None:
+            self.metrics.actions.labels(action, "unknown").inc()
+            raise RelaisError("no such event in the inbox", reason=Reason.UNKNOWN_EVENT)
+        if record.state is not state or record.decline_reason != reason:
+            self.metrics.actions.labels(action, "conflict").inc()
+            raise RelaisError(
+                f"the event is already {record.state.value}", reason=Reason.STATE_CONFLICT
+            )
+        if self._receipts is not None:
+            self._receipts.wake()
+        self.metrics.actions.labels(action, "recorded").inc()
+        _log.info(
+            "agent.action",
+            event_id=eid,
+            event_type=record.event_type,
+            priority=Priority(record.priority).label,
+            outcome=state.value,
+            reason=reason,
+        )
+        return state
+
+    async def _render(self, job: WebhookJob) -> bytes | None:
+        """The webhook body of a job, decrypted now (``None``: nothing to send)."""
+        if job.kind == "event":
+            record = await self._db.run(self._db.store.inbox_record, job.webhook_id)
+            if record is None:
+                return None
+            return webhook_body("event", item_json(self._open(record)), _now_ms())
+        notice = await self._db.run(self._db.store.notice, job.webhook_id)
+        if notice is None:
+            return None
+        return webhook_body(notice.kind.value, notice_json(notice), _now_ms())
+
+    # -- directory ---------------------------------------------------------------------------
+
+    async def refresh_directory(self) -> bool:
+        """Fetch the last edition on ``ref.dir`` now; True when a newer one was applied."""
+        watch = self._require_watch()
+        conn = self._link.conn
+        if conn is None or not conn.is_connected:
+            return False
+        try:
+            applied = await watch.poll(conn)
+        except TransportError as exc:
+            _log.warning("agent.directory_poll_failed", reason=exc.reason.value)
+            return False
+        self.metrics.directory_serial.set(watch.serial)
+        return applied
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Poll the directory every ``directory_poll_seconds``; refresh gauges every second."""
+        every = self.settings.directory_poll_seconds
+        next_poll = time.monotonic()
+        while not stop.is_set():
+            self.readiness()
+            if time.monotonic() >= next_poll and self._link.is_connected:
+                await self.refresh_directory()
+                next_poll = time.monotonic() + every
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(every, 1.0))
+
+
+def _outgoing(
+    plan: Plan, event_id: str, envelope: bytes, now_ms: int, key: str | None, mac: bytes | None
+) -> Outgoing:
+    """The outbox row of a sealed event."""
+    decision = plan.decision
+    return Outgoing(
+        event_id=event_id,
+        event_type=plan.event_type.value,
+        priority=int(decision.priority),
+        rule=f"{decision.rule_id}@{decision.ruleset_version}",
+        triage=decision.triage,
+        recipients=decision.recipients,
+        fallback=decision.fallback,
+        envelope=envelope,
+        created_at_ms=now_ms,
+        idempotency_key=key,
+        request_mac=mac,
+    )
