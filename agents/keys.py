@@ -54,6 +54,7 @@ from relais.schemas.errors import ConfigError, KeyFileError, Reason
 __all__ = [
     "KEY_FILE_FORMAT",
     "MAX_KEY_FILE_BYTES",
+    "MAX_SECRET_FILE_BYTES",
     "MEMLIMIT_CAP",
     "MEMLIMIT_DEFAULT",
     "OPSLIMIT_CAP",
@@ -68,6 +69,8 @@ __all__ = [
     "load_key_file",
     "public_export",
     "read_public_key",
+    "read_root_public_key",
+    "read_secret_file",
     "write_atomic",
     "write_key_file",
     "write_public_key",
@@ -86,6 +89,7 @@ MEMLIMIT_DEFAULT: Final[int] = argon2id.MEMLIMIT_INTERACTIVE
 OPSLIMIT_CAP: Final = 16
 MEMLIMIT_CAP: Final[int] = argon2id.MEMLIMIT_SENSITIVE
 MAX_KEY_FILE_BYTES: Final = 16 * 1024
+MAX_SECRET_FILE_BYTES: Final = 4096
 
 _SEED_BYTES = 32
 _SALT_BYTES: int = argon2id.SALTBYTES
@@ -277,6 +281,58 @@ def read_public_key(path: Path) -> PublicKey:
     obj = _json_object(data, MAX_KEY_FILE_BYTES)
     fmt = KEY_FILE_FORMAT if obj.get("format") == KEY_FILE_FORMAT else PUBLIC_KEY_FORMAT
     return PublicKey.from_json(obj, format_=fmt)
+
+
+def read_secret_file(path: Path, what: str, *, min_bytes: int = 1) -> bytes:
+    """The first line of a secret file (passphrase, token), refused when others may access it.
+
+    ``what`` names the secret in error messages ("passphrase", "API token"); the secret
+    itself never appears in them.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"the {what} file {path} is not a regular file")
+        if mode & 0o077:
+            raise ConfigError(
+                f"the {what} file {path} is accessible to others"
+                f" (mode {stat.S_IMODE(mode):04o}, must be 0600)"
+            )
+        data = os.read(fd, MAX_SECRET_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    secret = data.split(b"\n", 1)[0].removesuffix(b"\r")
+    if len(secret) < min_bytes or len(data) > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(f"the {what} file {path} is too short or too large")
+    return secret
+
+
+def read_root_public_key(value: str) -> bytes:
+    """The pinned root Ed25519 public key: base64 text, or a file (``.pub.json`` or base64)."""
+    text = value
+    path = Path(value)
+    if path.is_file():
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_KEY_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read the root public key {path}: {exc.strerror}") from exc
+        if len(data) > MAX_KEY_FILE_BYTES:
+            raise ConfigError(f"{path} is too large for a public key")
+        if data.lstrip().startswith(b"{"):
+            return read_public_key(path).sign_pk
+        text = data.decode("ascii", "replace").strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, and non-ASCII text
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError("the root public key must be 32 bytes in base64")
+    return raw
 
 
 # -- encrypted key file ------------------------------------------------------------------------

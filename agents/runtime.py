@@ -36,6 +36,7 @@ from relais.agents.directory_watch import DirectoryWatch
 from relais.agents.inbox import DECLINE_REASONS, open_stored
 from relais.agents.intake import Intake
 from relais.agents.keyring import Keyring
+from relais.agents.keys import read_root_public_key, read_secret_file
 from relais.agents.link import Link
 from relais.agents.metrics import AgentMetrics
 from relais.agents.models import (
@@ -52,12 +53,7 @@ from relais.agents.outbox import Publisher
 from relais.agents.receipts import ReceiptSender
 from relais.agents.receiving import ReceiveConfig, Receiver
 from relais.agents.sealing import Plan, plan_event, publishable_schema, seal_planned
-from relais.agents.settings import (
-    AgentSettings,
-    read_root_public_key,
-    read_secret_file,
-    read_webhook_secret,
-)
+from relais.agents.settings import AgentSettings, read_webhook_secret
 from relais.agents.store import StoredBatch
 from relais.agents.views import item_json, notice_json, webhook_body
 from relais.agents.webhooks import WebhookDispatcher, WebhookPolicy

@@ -21,7 +21,7 @@ Precedence: values given to :func:`load_settings` override environment variables
 (``RELAIS_AGENT_PARTNER_ID``, ``RELAIS_AGENT_KEY_FILES='["a.key","b.key"]'``...), which
 override the file, which overrides the defaults. Secrets never sit in the settings
 themselves: the passphrase, the API token and the webhook secret are read from files that
-group and others cannot access (:func:`read_secret_file`).
+group and others cannot access (:func:`relais.agents.keys.read_secret_file`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import os
-import stat
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -45,7 +43,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from relais.agents.keys import read_public_key
+from relais.agents.keys import read_secret_file
 from relais.schemas.domain import PARTNER_ID_RE
 from relais.schemas.errors import ConfigError
 
@@ -53,14 +51,10 @@ __all__ = [
     "AgentSettings",
     "load_settings",
     "read_api_token",
-    "read_root_public_key",
-    "read_secret_file",
     "read_webhook_secret",
 ]
 
 _DAY: Final = 86_400.0
-_MAX_SECRET_BYTES: Final = 4096
-_MAX_KEY_FILE_BYTES: Final = 16 * 1024
 _MIN_TOKEN_BYTES: Final = 16
 _PATH_FIELDS: Final = (
     "passphrase_file",
@@ -225,25 +219,6 @@ def load_settings(path: Path | None = None, **overrides: Any) -> AgentSettings:
         _FILE_VALUES.reset(token)
 
 
-def read_secret_file(path: Path, what: str, *, min_bytes: int = 1) -> bytes:
-    """The first line of a secret file, refused when group or others may access it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode) or mode & 0o077:
-            raise ConfigError(f"the {what} file {path} must be a regular file of mode 0600")
-        data = os.read(fd, _MAX_SECRET_BYTES + 1)
-    finally:
-        os.close(fd)
-    secret = data.split(b"\n", 1)[0].removesuffix(b"\r")
-    if len(secret) < min_bytes or len(data) > _MAX_SECRET_BYTES:
-        raise ConfigError(f"the {what} file {path} is too short or too large")
-    return secret
-
-
 def read_api_token(path: Path) -> bytes:
     """The local API's bearer token (at least 16 bytes)."""
     return read_secret_file(path, "API token", min_bytes=_MIN_TOKEN_BYTES)
@@ -261,26 +236,3 @@ def read_webhook_secret(path: Path) -> bytes:
             raise ConfigError(f"the webhook secret in {path} is shorter than 16 bytes")
         return key
     return text
-
-
-def read_root_public_key(value: str) -> bytes:
-    """The pinned root Ed25519 public key: base64, or a file (``.pub.json`` or base64 text)."""
-    text = value
-    path = Path(value)
-    if path.is_file():
-        try:
-            data = path.read_bytes()[: _MAX_KEY_FILE_BYTES + 1]
-        except OSError as exc:
-            raise ConfigError(f"cannot read the root public key {path}") from exc
-        if len(data) > _MAX_KEY_FILE_BYTES:
-            raise ConfigError(f"{path} is too large for a public key")
-        if data.lstrip().startswith(b"{"):
-            return read_public_key(path).sign_pk
-        text = data.decode("ascii", "replace").strip()
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:  # binascii.Error, and non-ASCII text
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError("the root public key must be 32 bytes in base64")
-    return raw

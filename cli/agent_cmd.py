@@ -23,9 +23,10 @@ from typing import Annotated, Any
 import typer
 
 from relais.agents.api import openapi_document
+from relais.agents.keys import read_secret_file
 from relais.agents.logs import configure_logging
 from relais.agents.service import serve
-from relais.agents.settings import load_settings, read_secret_file
+from relais.agents.settings import load_settings
 from relais.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, read_passphrase, reported_errors
 
 __all__ = ["app", "render_openapi"]

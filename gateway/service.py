@@ -29,7 +29,12 @@ from typing import Any, Final, TextIO
 
 import structlog
 
-from relais.agents.keys import PartnerKeys, load_key_file
+from relais.agents.keys import (
+    PartnerKeys,
+    load_key_file,
+    read_root_public_key,
+    read_secret_file,
+)
 from relais.broker_config.connection import Connection, connect, require_sync_always
 from relais.broker_config.directory import verify_directory
 from relais.broker_config.nats_conf import GATEWAY_INBOX
@@ -39,7 +44,7 @@ from relais.gateway.checkpoint import Checkpointer
 from relais.gateway.jetstream import last_for_subject, publish
 from relais.gateway.policy import Policy, check_gateway_identity
 from relais.gateway.router import Router, RouterConfig
-from relais.gateway.settings import GatewaySettings, read_passphrase_file, read_root_public_key
+from relais.gateway.settings import GatewaySettings
 from relais.gateway.tracker import Tracker, TrackerConfig
 from relais.gateway.tracker_store import TrackerStore
 from relais.schemas.errors import ConfigError, DirectoryError, Reason, RelaisError
@@ -238,7 +243,8 @@ async def run_gateway(
     if not wanted or not wanted <= ROLES:
         raise ConfigError(f"roles must be among {sorted(ROLES)}")
     await require_sync_always(settings.monitor_url, allow_unsafe=settings.allow_unsafe_no_fsync)
-    signer = load_key_file(settings.key_file, read_passphrase_file(settings.passphrase_file))
+    passphrase = read_secret_file(settings.passphrase_file, "passphrase")
+    signer = load_key_file(settings.key_file, passphrase)
     policy, signed = load_policy(settings)
     check_gateway_identity(policy, signer, _now_ms())
     root = read_root_public_key(settings.root_public_key)

@@ -20,10 +20,6 @@ defaults.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Final
@@ -31,19 +27,14 @@ from typing import Any, Final
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relais.agents.keys import read_public_key
 from relais.schemas.errors import ConfigError
 
 __all__ = [
     "GatewaySettings",
     "load_settings",
-    "read_passphrase_file",
-    "read_root_public_key",
 ]
 
 _DAY: Final = 86_400.0
-_MAX_PASSPHRASE_BYTES: Final = 4096
-_MAX_KEY_FILE_BYTES: Final = 16 * 1024
 _PATH_FIELDS: Final = (
     "creds",
     "key_file",
@@ -112,45 +103,3 @@ def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings
             for e in exc.errors(include_input=False, include_url=False)
         )
         raise ConfigError(f"invalid gateway settings: {where}") from exc
-
-
-def read_root_public_key(value: str) -> bytes:
-    """The pinned root Ed25519 public key: base64, or a file (``.pub.json`` or base64 text)."""
-    text = value
-    path = Path(value)
-    if path.is_file():
-        try:
-            data = path.read_bytes()[: _MAX_KEY_FILE_BYTES + 1]
-        except OSError as exc:
-            raise ConfigError(f"cannot read the root public key {path}") from exc
-        if len(data) > _MAX_KEY_FILE_BYTES:
-            raise ConfigError(f"{path} is too large for a public key")
-        if data.lstrip().startswith(b"{"):
-            return read_public_key(path).sign_pk
-        text = data.decode("ascii", "replace").strip()
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError("the root public key must be 32 bytes in base64")
-    return raw
-
-
-def read_passphrase_file(path: Path) -> bytes:
-    """The first line of a passphrase file, refused when group or others may access it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode) or mode & 0o077:
-            raise ConfigError(f"passphrase file {path} must be a regular file of mode 0600")
-        data = os.read(fd, _MAX_PASSPHRASE_BYTES + 1)
-    finally:
-        os.close(fd)
-    passphrase = data.split(b"\n", 1)[0].removesuffix(b"\r")
-    if not passphrase or len(data) > _MAX_PASSPHRASE_BYTES:
-        raise ConfigError(f"passphrase file {path} is empty or too large")
-    return passphrase

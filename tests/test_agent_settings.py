@@ -16,11 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from relais.agents.keyring import Keyring
-from relais.agents.keys import PartnerKeys, write_atomic
+from relais.agents.keys import PartnerKeys, read_root_public_key, write_atomic
 from relais.agents.settings import (
     load_settings,
     read_api_token,
-    read_root_public_key,
     read_webhook_secret,
 )
 from relais.broker_config.directory import (

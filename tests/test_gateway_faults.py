@@ -39,7 +39,7 @@ import pytest
 from nacl.pwhash import argon2id
 from typer.testing import CliRunner
 
-from relais.agents.keys import write_key_file
+from relais.agents.keys import read_root_public_key, read_secret_file, write_key_file
 from relais.broker_config.directory import bump_serial, sign_directory
 from relais.broker_config.rules import default_rules
 from relais.cli.gateway_cmd import app as gateway_app
@@ -47,7 +47,7 @@ from relais.gateway.audit import RECORD_SUBJECT, decode_record
 from relais.gateway.jetstream import read_stream
 from relais.gateway.policy import Policy, check_gateway_identity
 from relais.gateway.service import load_policy, publish_directory
-from relais.gateway.settings import load_settings, read_passphrase_file, read_root_public_key
+from relais.gateway.settings import load_settings
 from relais.schemas.domain import EventType, Priority
 from relais.schemas.envelope import open_envelope, peek_header
 from relais.schemas.errors import ConfigError, DirectoryError, Reason
@@ -377,7 +377,7 @@ def test_settings_file_and_refusals(broker_factory, demo_territory, tmp_path) ->
     assert settings.key_file == (tmp_path / "gw" / "gateway.key").resolve()
     assert settings.database == (tmp_path / "gw" / "data" / "tracker.sqlite3").resolve()
     assert read_root_public_key(settings.root_public_key) == t.root_public_key
-    assert read_passphrase_file(settings.passphrase_file) == PASSPHRASE
+    assert read_secret_file(settings.passphrase_file, "passphrase") == PASSPHRASE
     policy, signed = load_policy(settings)
     assert signed == t.signed_directory
     assert policy.rules.by_type[EventType.RUNAWAY_ALERT].deadline_seconds == 5
@@ -388,7 +388,7 @@ def test_settings_file_and_refusals(broker_factory, demo_territory, tmp_path) ->
         load_settings(config, max_age_seconds=-1)
     (tmp_path / "gw" / "gateway.pass").chmod(0o644)
     with pytest.raises(ConfigError):
-        read_passphrase_file(settings.passphrase_file)
+        read_secret_file(settings.passphrase_file, "passphrase")
     result = CliRunner().invoke(gateway_app, ["run", "--config", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2
     (tmp_path / "bad.toml").write_text('nats_url = "nats://x"\n')
