@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+import nkeys
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.exceptions import UnavailableError as NaclUnavailableError
@@ -67,6 +68,8 @@ __all__ = [
     "encrypt_key_file",
     "generate",
     "load_key_file",
+    "nats_user_public",
+    "nats_user_seed",
     "public_export",
     "read_public_key",
     "read_root_public_key",
@@ -333,6 +336,22 @@ def read_root_public_key(value: str) -> bytes:
     if len(raw) != 32:
         raise ConfigError("the root public key must be 32 bytes in base64")
     return raw
+
+
+def nats_user_seed(random: RandomSource = os.urandom) -> bytes:
+    """A new NATS user nkey seed (``SU...``): the partner's broker credential, kept 0600."""
+    return bytes(nkeys.encode_seed(random(32), nkeys.PREFIX_BYTE_USER))
+
+
+def nats_user_public(seed: bytes) -> str:
+    """The public nkey (``U...``) of a NATS user seed: what the directory lists."""
+    try:
+        public = str(nkeys.from_seed(bytearray(seed.strip())).public_key.decode("ascii"))
+    except (nkeys.NkeysError, ValueError) as exc:
+        raise ConfigError("not a NATS user nkey seed") from exc
+    if not public.startswith("U"):
+        raise ConfigError("not a NATS user nkey seed")
+    return public
 
 
 # -- encrypted key file ------------------------------------------------------------------------

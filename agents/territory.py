@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import nkeys
-
 from relais.agents.keys import (
     MEMLIMIT_DEFAULT,
     OPSLIMIT_DEFAULT,
     ROOT_PARTNER_ID,
     PartnerKeys,
+    nats_user_public,
+    nats_user_seed,
     write_atomic,
     write_key_file,
 )
@@ -112,15 +112,6 @@ DEMO_PARTNERS: tuple[PartnerSpec, ...] = (
 )
 
 
-def nats_user_seed(random: RandomSource = os.urandom) -> bytes:
-    """A new NATS user nkey seed (``SU...``)."""
-    return bytes(nkeys.encode_seed(random(32), nkeys.PREFIX_BYTE_USER))
-
-
-def _nkey_public(seed: bytes) -> str:
-    return str(nkeys.from_seed(bytearray(seed)).public_key.decode("ascii"))
-
-
 @dataclass
 class Territory:
     """A partnership with every private key at hand (demo, tests, benchmarks only)."""
@@ -193,7 +184,7 @@ def build_territory(
         if spec.kind is not PartnerKind.GATEWAY:  # the gateway connects as its service user
             seed = nats_user_seed(random)
             seeds[spec.id] = seed
-            nkey = _nkey_public(seed)
+            nkey = nats_user_public(seed)
         spec_map[spec.id] = spec
         key = new_partner_key(
             keys.sign_pk,

@@ -17,7 +17,14 @@ from typing import Annotated
 
 import typer
 
-from relais.agents.keys import PartnerKeys, write_key_file, write_public_key
+from relais.agents.keys import (
+    PartnerKeys,
+    nats_user_public,
+    nats_user_seed,
+    write_atomic,
+    write_key_file,
+    write_public_key,
+)
 from relais.cli._common import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -25,6 +32,7 @@ from relais.cli._common import (
     read_passphrase,
     reported_errors,
 )
+from relais.schemas.domain import PARTNER_ID_RE
 from relais.schemas.errors import ConfigError
 
 __all__ = [
@@ -93,3 +101,26 @@ def new(
     typer.echo(f"key id: {keys.key_id}")
     typer.echo(f"key file: {out}")
     typer.echo(f"public key: {pub}")
+
+
+@app.command("nats-user")
+def nats_user(
+    partner_id: Annotated[str, typer.Argument(help="Partner id the credential is for.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Seed file to create (0600, never overwritten).", dir_okay=False
+        ),
+    ],
+) -> None:
+    """Generate the partner's NATS user nkey: the seed stays here, the public nkey is enrolled."""
+    with reported_errors():
+        if not PARTNER_ID_RE.fullmatch(partner_id):
+            raise ConfigError(f"invalid partner id {partner_id!r}")
+        seed = nats_user_seed()
+        write_atomic(out, seed + b"\n")
+        public = nats_user_public(seed)
+    typer.echo(f"partner: {partner_id}")
+    typer.echo(f"seed file: {out}")
+    typer.echo(f"public nkey: {public}")
+    typer.echo(f"enrol with: relais directory add ... --nats-nkey {public}")

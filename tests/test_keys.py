@@ -10,6 +10,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import nkeys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -27,6 +28,7 @@ from relais.agents.keys import (
     encrypt_key_file,
     generate,
     load_key_file,
+    nats_user_public,
     public_export,
     read_public_key,
     write_key_file,
@@ -470,3 +472,39 @@ def test_cli_keys_new_usage_errors(
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error [CONFIG_INVALID]")
     assert not out.exists()
+
+
+# -- relais keys nats-user -----------------------------------------------------------------------
+
+
+def test_cli_keys_nats_user(tmp_path: Path) -> None:
+    out = tmp_path / "creds" / "crip-93.nk"
+    out.parent.mkdir()
+    result = CliRunner().invoke(keys_cmd.app, ["nats-user", "crip-93", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    seed = out.read_bytes().strip()
+    assert seed.startswith(b"SU")
+    assert out.stat().st_mode & 0o777 == 0o600
+    public = nats_user_public(seed)
+    assert f"public nkey: {public}" in result.stdout
+    assert seed.decode() not in result.output  # the seed is never printed
+    assert public == nkeys.from_seed(bytearray(seed)).public_key.decode()
+    assert public.startswith("U")
+    again = CliRunner().invoke(keys_cmd.app, ["nats-user", "crip-93", "--out", str(out)])
+    assert again.exit_code == 2
+    assert out.read_bytes().strip() == seed  # never overwritten
+    bad = CliRunner().invoke(keys_cmd.app, ["nats-user", "Pas Un Id", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("seed", [b"", b"SUNOTASEED", b"SA" + b"A" * 56])
+def test_nats_user_public_refuses_what_is_not_a_user_seed(seed: bytes) -> None:
+    with pytest.raises(ConfigError):
+        nats_user_public(seed)
+
+
+def test_nats_user_public_refuses_an_account_seed() -> None:
+    account_seed = bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+    with pytest.raises(ConfigError):
+        nats_user_public(account_seed)
