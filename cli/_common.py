@@ -1,7 +1,15 @@
-"""Helpers shared by the ``relais`` commands: exit codes, error reporting, secrets and keys.
+"""Helpers shared by the ``relais`` commands: exit codes, error reporting, secrets and keys,
+and the options of every command that talks to the broker.
 
 Exit codes (also in ``docs/operations.md``): 0 success, 1 a check failed, 2 usage error,
 3 the broker or a service could not be reached.
+
+Broker options, natscli-style: ``-s/--server URL`` (environment ``RELAIS_SERVER``, else
+``NATS_URL``) and ``--creds FILE`` (the operator's nkey seed file, ``RELAIS_CREDS``), or
+``--data-dir DIR`` for an embedded broker started with ``relais broker up`` (its URL and
+operator seed file are read from there; values of the environment give way to it).
+``--root-public-key`` (``RELAIS_ROOT_PUBLIC_KEY``) pins the root key that the signed
+directory must verify against; ``--json`` prints one JSON document on stdout.
 """
 
 from __future__ import annotations
@@ -13,22 +21,46 @@ import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import structlog
 import typer
 
 from relais.agents.keys import read_public_key
-from relais.schemas.errors import ConfigError, RelaisError, TransportError
+from relais.broker_config.connection import Connection, connect
+from relais.broker_config.directory import Directory, verify_directory
+from relais.broker_config.embedded import BrokerPaths, read_info, running_pid
+from relais.broker_config.nats_conf import OPERATOR_INBOX
+from relais.gateway.jetstream import last_for_subject
+from relais.schemas.errors import (
+    ConfigError,
+    DirectoryError,
+    Reason,
+    RelaisError,
+    TransportError,
+)
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "BrokerTarget",
+    "CredsOption",
+    "DataDirOption",
+    "DirectoryFileOption",
+    "JsonOption",
+    "RootKeyOption",
+    "ServerOption",
+    "TimeoutOption",
+    "broker_target",
+    "connect_operator",
     "fail",
+    "load_directory",
     "logs_to_stderr",
     "parse_root_public_key",
+    "read_directory_file",
     "read_passphrase",
     "reported_errors",
 ]
@@ -131,3 +163,140 @@ def logs_to_stderr() -> None:
 
 def _stderr_logger(*args: Any) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)  # sys.stderr as of now: it may be redirected
+
+
+# -- broker options ----------------------------------------------------------------------------
+
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        "-s",
+        envvar=["RELAIS_SERVER", "NATS_URL"],
+        show_envvar=True,
+        help="NATS URL of the broker, e.g. nats://127.0.0.1:4222.",
+    ),
+]
+CredsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--creds",
+        envvar="RELAIS_CREDS",
+        show_envvar=True,
+        dir_okay=False,
+        help="The operator user's nkey seed file (creds/operator.nk of the broker).",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        file_okay=False,
+        help="Data directory of an embedded broker (instead of -s and --creds).",
+    ),
+]
+RootKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--root-public-key",
+        envvar="RELAIS_ROOT_PUBLIC_KEY",
+        show_envvar=True,
+        help="Pinned root Ed25519 public key: base64, or a file (root .pub.json or base64).",
+    ),
+]
+DirectoryFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--directory",
+        dir_okay=False,
+        help="Signed directory file (default: the last edition on ref.dir).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+TimeoutOption = Annotated[
+    float,
+    typer.Option("--timeout", min=0.5, max=600.0, help="Seconds to wait for the broker."),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTarget:
+    """Where the broker is and whose credentials to use (see :func:`broker_target`)."""
+
+    url: str
+    creds: Path
+    monitor_url: str | None = None
+
+
+def _given(ctx: typer.Context | None, name: str) -> bool:
+    """True when the option ``name`` was typed (not taken from the environment)."""
+    if ctx is None:
+        return True
+    # typer vendors click: compare the source's name, not click's enum
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("ENVIRONMENT", "DEFAULT", "DEFAULT_MAP")
+
+
+def broker_target(
+    ctx: typer.Context | None, server: str | None, creds: Path | None, data_dir: Path | None
+) -> BrokerTarget:
+    """The broker of ``--data-dir``, or of ``-s`` and ``--creds`` (options or environment).
+
+    ``ctx`` tells options typed on the command line from values of the environment, which
+    give way to ``--data-dir``. :class:`ConfigError` for a missing or contradictory choice.
+    """
+    if data_dir is not None:
+        typed = [
+            flag
+            for flag, name, value in (("-s", "server", server), ("--creds", "creds", creds))
+            if value is not None and _given(ctx, name)
+        ]
+        if typed:
+            raise ConfigError(f"give --data-dir or {' and '.join(typed)}, not both")
+        if running_pid(data_dir) is None:
+            raise TransportError(f"no broker is running on {data_dir}", reason=Reason.NOT_CONNECTED)
+        info = read_info(data_dir)
+        return BrokerTarget(info.client_url, BrokerPaths(data_dir).operator_creds, info.monitor_url)
+    if server is None or creds is None:
+        raise ConfigError(
+            "which broker? give -s URL and --creds FILE (or RELAIS_SERVER and RELAIS_CREDS),"
+            " or --data-dir DIR"
+        )
+    return BrokerTarget(server, creds)
+
+
+async def connect_operator(
+    target: BrokerTarget, *, wait: float, name: str, inbox_prefix: str = OPERATOR_INBOX
+) -> Connection:
+    """A connection as the read-only operator user, every wait bounded by ``wait`` seconds."""
+    return await connect(
+        target.url,
+        creds=target.creds,
+        inbox_prefix=inbox_prefix,
+        name=name,
+        connect_timeout=wait,
+        request_timeout=wait,
+    )
+
+
+def read_directory_file(path: Path | None) -> bytes | None:
+    """The bytes of a signed directory file (``None`` for none: read ``ref.dir`` instead)."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+async def load_directory(conn: Connection | None, signed: bytes | None, root: bytes) -> Directory:
+    """The signed directory (``signed``, else the last edition on ``ref.dir``), verified
+    against the pinned root key ``root``."""
+    if signed is None:
+        if conn is None:
+            raise ConfigError("give --directory FILE, or a broker to read ref.dir from")
+        last = await last_for_subject(conn, "DIRECTORY", "ref.dir")
+        if last is None:
+            raise DirectoryError("no directory on ref.dir: give --directory")
+        signed = last.data
+    return verify_directory(signed, root)

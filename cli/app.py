@@ -19,6 +19,7 @@ from relais.cli import (
     directory_cmd,
     gateway_cmd,
     keys_cmd,
+    ops_cmd,
     rules_cmd,
     schemas_cmd,
 )
@@ -44,6 +45,7 @@ app.add_typer(gateway_cmd.app, name="gateway", help="The gateway: router, tracke
 app.add_typer(audit_cmd.app, name="audit", help="The tamper-evident audit log.")
 app.add_typer(agent_cmd.app, name="agent", help="A partner's agent: outbox, inbox, local API.")
 app.command("demo")(demo_cmd.demo)
+ops_cmd.register(app)  # flows, trace, pending, overdue, partners, quarantine, stats
 
 
 def main() -> None:

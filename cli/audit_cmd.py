@@ -1,10 +1,12 @@
 """``relais audit``: verify the tamper-evident audit log.
 
-``verify -s URL --creds FILE --root-public-key K`` reads the whole ``AUDIT`` stream (the
-read-only operator user may), recomputes the hash chain, checks every signed checkpoint
-(signature by a gateway key of the directory, value, contiguity) and reports records after
-the last checkpoint as unsealed. The gateway's key comes from the signed directory: the
-last edition on ``ref.dir`` (or ``--directory FILE``), verified against the pinned root key.
+``verify -s URL --creds FILE --root-public-key K`` (or ``RELAIS_SERVER``, ``RELAIS_CREDS``,
+``RELAIS_ROOT_PUBLIC_KEY``; or ``--data-dir`` of an embedded broker) reads the whole
+``AUDIT`` stream (the read-only operator user may), recomputes the hash chain, checks every
+signed checkpoint (signature by a gateway key of the directory, value, contiguity) and
+reports records after the last checkpoint as unsealed. The gateway's key comes from the
+signed directory: the last edition on ``ref.dir`` (or ``--directory FILE``), verified against
+the pinned root key.
 ``--anchor SEQ:HEX`` (printed by an earlier run) also checks that the log still holds that
 checkpoint, which is the only way to notice a log cut after it.
 
@@ -16,23 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from relais.broker_config.connection import connect
-from relais.broker_config.directory import Directory, DirectoryKeys, verify_directory
+from relais.broker_config.directory import DirectoryKeys
 from relais.broker_config.nats_conf import OPERATOR_INBOX
 from relais.cli._common import (
     EXIT_FAILURE,
+    BrokerTarget,
+    CredsOption,
+    DataDirOption,
+    DirectoryFileOption,
+    JsonOption,
+    ServerOption,
+    TimeoutOption,
+    broker_target,
+    connect_operator,
+    load_directory,
     logs_to_stderr,
     parse_root_public_key,
+    read_directory_file,
     reported_errors,
 )
 from relais.gateway.audit import Anchor, AuditReport, verify_audit
-from relais.gateway.jetstream import last_for_subject
-from relais.schemas.errors import ConfigError, DirectoryError
 
 __all__ = ["app"]
 
@@ -46,23 +55,16 @@ def _audit() -> None:
 
 
 async def _verify(
-    server: str,
-    creds: Path,
+    target: BrokerTarget,
     root: bytes,
     signed_directory: bytes | None,
     anchor: Anchor | None,
     inbox: str,
+    wait: float,
 ) -> AuditReport:
-    conn = await connect(server, creds=creds, inbox_prefix=inbox, name="relais-audit")
+    conn = await connect_operator(target, wait=wait, name="relais-audit", inbox_prefix=inbox)
     try:
-        if signed_directory is not None:
-            signed = signed_directory
-        else:
-            last = await last_for_subject(conn, "DIRECTORY", "ref.dir")
-            if last is None:
-                raise DirectoryError("no directory on ref.dir: give --directory")
-            signed = last.data
-        directory: Directory = verify_directory(signed, root)
+        directory = await load_directory(conn, signed_directory, root)
         return await verify_audit(
             conn,
             keys=DirectoryKeys(directory),
@@ -75,41 +77,36 @@ async def _verify(
 
 @app.command("verify")
 def verify(
-    server: Annotated[str, typer.Option("--server", "-s", help="NATS URL.")],
-    creds: Annotated[
-        Path, typer.Option("--creds", help="User nkey seed file (operator).", dir_okay=False)
-    ],
+    ctx: typer.Context,
     root_public_key: Annotated[
         str,
         typer.Option(
             "--root-public-key",
             envvar="RELAIS_ROOT_PUBLIC_KEY",
+            show_envvar=True,
             help="Pinned root public key (base64 or a file); checks the gateway's key.",
         ),
     ],
-    directory: Annotated[
-        Path | None,
-        typer.Option("--directory", help="Signed directory (default: ref.dir).", dir_okay=False),
-    ] = None,
+    server: ServerOption = None,
+    creds: CredsOption = None,
+    directory: DirectoryFileOption = None,
     anchor: Annotated[
         str | None, typer.Option("--anchor", help="SEQ:HEX of a checkpoint seen before.")
     ] = None,
+    data_dir: DataDirOption = None,
     inbox_prefix: Annotated[
         str, typer.Option("--inbox-prefix", help="Inbox prefix of the user.")
     ] = OPERATOR_INBOX,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    timeout: TimeoutOption = 10.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Recompute the audit chain and check every signed checkpoint."""
     with reported_errors():
         root = parse_root_public_key(root_public_key)
         anchored = Anchor.parse(anchor) if anchor is not None else None
-        signed = None
-        if directory is not None:
-            try:
-                signed = directory.read_bytes()
-            except OSError as exc:
-                raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
-        report = asyncio.run(_verify(server, creds, root, signed, anchored, inbox_prefix))
+        signed = read_directory_file(directory)
+        target = broker_target(ctx, server, creds, data_dir)
+        report = asyncio.run(_verify(target, root, signed, anchored, inbox_prefix, timeout))
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:

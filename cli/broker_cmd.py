@@ -9,6 +9,8 @@ durability and counters as the read-only operator user; ``down`` stops the serve
 Exit codes: 0 success; 1 the broker answers but is unhealthy or a check failed (bad
 directory signature, rollback); 2 usage (bad option, a broker already running on the data
 directory, none running); 3 the broker could not be reached or refused the operation.
+``status`` takes ``--data-dir``, or ``-s URL --creds FILE`` (environment ``RELAIS_SERVER``
+or ``NATS_URL``, and ``RELAIS_CREDS``, which give way to ``--data-dir``).
 Errors are one line on stderr: ``error [REASON]: message``.
 """
 
@@ -24,24 +26,24 @@ import typer
 from relais.broker_config.cluster import write_cluster_configs
 from relais.broker_config.directory import verify_directory
 from relais.broker_config.embedded import (
-    BrokerPaths,
     BrokerStatus,
     broker_down,
     broker_reload,
     broker_status,
     broker_up,
-    read_info,
-    running_pid,
 )
 from relais.broker_config.streams import ProvisionReport
 from relais.cli._common import (
     EXIT_FAILURE,
     EXIT_UNREACHABLE,
+    CredsOption,
+    ServerOption,
+    broker_target,
     logs_to_stderr,
     parse_root_public_key,
     reported_errors,
 )
-from relais.schemas.errors import ConfigError, Reason, TransportError
+from relais.schemas.errors import ConfigError
 
 __all__ = ["EXIT_UNREACHABLE", "app"]
 
@@ -164,31 +166,15 @@ def _status_lines(status: BrokerStatus) -> list[str]:
     return lines
 
 
-def _status_target(
-    data_dir: Path | None, server: str | None, creds: Path | None, monitor: str | None
-) -> tuple[str, Path, str | None]:
-    if data_dir is not None and server is None and creds is None and monitor is None:
-        if running_pid(data_dir) is None:
-            raise TransportError(f"no broker is running on {data_dir}", reason=Reason.NOT_CONNECTED)
-        info = read_info(data_dir)
-        return info.client_url, BrokerPaths(data_dir).operator_creds, info.monitor_url
-    if data_dir is None and server is not None and creds is not None:
-        return server, creds, monitor
-    raise ConfigError("give either --data-dir, or -s URL --creds FILE [--monitor URL]")
-
-
 @app.command("status")
 def status(
+    ctx: typer.Context,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Data directory of an embedded broker.", file_okay=False),
     ] = None,
-    server: Annotated[
-        str | None, typer.Option("-s", "--server", help="Client URL of a broker.")
-    ] = None,
-    creds: Annotated[
-        Path | None, typer.Option("--creds", help="Operator seed file (with -s).", dir_okay=False)
-    ] = None,
+    server: ServerOption = None,
+    creds: CredsOption = None,
     monitor: Annotated[
         str | None, typer.Option("--monitor", help="Monitoring URL (with -s), loopback only.")
     ] = None,
@@ -197,9 +183,16 @@ def status(
 ) -> None:
     """Health, fsync setting, streams and consumers (as the read-only operator user)."""
     with reported_errors():
-        url, operator_creds, monitor_url = _status_target(data_dir, server, creds, monitor)
+        if data_dir is not None and monitor is not None:
+            raise ConfigError("--monitor goes with -s, not with --data-dir")
+        target = broker_target(ctx, server, creds, data_dir)
         result = asyncio.run(
-            broker_status(url, creds=operator_creds, monitor_url=monitor_url, max_wait=timeout)
+            broker_status(
+                target.url,
+                creds=target.creds,
+                monitor_url=target.monitor_url or monitor,
+                max_wait=timeout,
+            )
         )
     if as_json:
         typer.echo(json.dumps(result.to_json()))

@@ -1,16 +1,19 @@
 """``relais rules``: explain the routing rules ("which rule sent this event to whom, and why").
 
 ``explain`` evaluates the rules on routing metadata (codes only, as a sender's header
-carries them) against a signed directory, verified first against the pinned root key, and
-shows the rule, priority, deadline, département, every recipient and fallback recipient with
-the reason, and who may read each secret section.
+carries them) against a signed directory (``--directory FILE``, else the last edition on
+``ref.dir`` of the broker given by ``-s``/``--creds`` or ``--data-dir``, read as the operator),
+verified first against the pinned root key (``--root-public-key``, ``RELAIS_ROOT_PUBLIC_KEY``),
+and shows the rule, priority, deadline, département, every recipient and fallback recipient
+with the reason, and who may read each secret section.
 
-Exit codes: 0 success; 1 the directory or the rules do not verify; 2 usage. Errors are one
-line on stderr: ``error [REASON]: message``.
+Exit codes: 0 success; 1 the directory or the rules do not verify; 2 usage; 3 the broker
+could not be reached or refused. Errors are one line on stderr: ``error [REASON]: message``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,9 +22,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from relais.broker_config.directory import verify_directory
+from relais.broker_config.directory import Directory, verify_directory
 from relais.broker_config.rules import Decision, default_rules, load_rules
-from relais.cli._common import logs_to_stderr, parse_root_public_key, reported_errors
+from relais.cli._common import (
+    BrokerTarget,
+    CredsOption,
+    DataDirOption,
+    JsonOption,
+    ServerOption,
+    TimeoutOption,
+    broker_target,
+    connect_operator,
+    load_directory,
+    logs_to_stderr,
+    parse_root_public_key,
+    read_directory_file,
+    reported_errors,
+)
 from relais.schemas.domain import EVENT_TYPES, ROUTING_VALUE_RE, EventType
 from relais.schemas.errors import ConfigError
 
@@ -61,17 +78,45 @@ def decision_json(decision: Decision) -> dict[str, Any]:
     }
 
 
+def _complete_type(incomplete: str) -> list[str]:
+    return sorted(t.value for t in EVENT_TYPES if t.value.startswith(incomplete))
+
+
+async def _directory_from_broker(target: BrokerTarget, root: bytes, wait: float) -> Directory:
+    conn = await connect_operator(target, wait=wait, name="relais-rules")
+    try:
+        return await load_directory(conn, None, root)
+    finally:
+        await conn.close()
+
+
 @app.command("explain")
 def explain(
-    event_type: Annotated[str, typer.Option("--type", help="Event type, e.g. runaway_alert.")],
-    sender: Annotated[str, typer.Option("--sender", help="Partner id of the sender.")],
-    directory: Annotated[
-        Path, typer.Option("--directory", help="Signed directory file.", dir_okay=False)
+    ctx: typer.Context,
+    event_type: Annotated[
+        str,
+        typer.Option(
+            "--type", help="Event type, e.g. runaway_alert.", autocompletion=_complete_type
+        ),
     ],
+    sender: Annotated[str, typer.Option("--sender", help="Partner id of the sender.")],
     root_public_key: Annotated[
         str,
-        typer.Option("--root-public-key", help="Pinned root public key: base64 or a file."),
+        typer.Option(
+            "--root-public-key",
+            envvar="RELAIS_ROOT_PUBLIC_KEY",
+            show_envvar=True,
+            help="Pinned root public key: base64 or a file.",
+        ),
     ],
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--directory",
+            help="Signed directory file (default: the last edition on ref.dir of the broker).",
+            dir_okay=False,
+        ),
+    ] = None,
     routing: Annotated[
         list[str] | None, typer.Option("--routing", help="Routing metadata key=value.")
     ] = None,
@@ -79,17 +124,23 @@ def explain(
         Path | None,
         typer.Option("--rules", help="Rules file (default: the packaged rules).", dir_okay=False),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    server: ServerOption = None,
+    creds: CredsOption = None,
+    data_dir: DataDirOption = None,
+    timeout: TimeoutOption = 10.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Which rule sends an event to whom, and why."""
     with reported_errors():
         if event_type not in {t.value for t in EVENT_TYPES}:
             raise ConfigError(f"not an event type: {event_type}")
-        try:
-            signed = directory.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
-        verified = verify_directory(signed, parse_root_public_key(root_public_key))
+        root = parse_root_public_key(root_public_key)
+        signed = read_directory_file(directory)
+        if signed is not None:
+            verified = verify_directory(signed, root)
+        else:
+            target = broker_target(ctx, server, creds, data_dir)
+            verified = asyncio.run(_directory_from_broker(target, root, timeout))
         rules = load_rules(rules_file) if rules_file is not None else default_rules()
         decision = rules.decide(
             EventType(event_type), _routing(routing or []), sender=sender, directory=verified
