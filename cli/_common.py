@@ -14,10 +14,7 @@ directory must verify against; ``--json`` prints one JSON document on stdout.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +25,7 @@ from typing import Annotated, Any, NoReturn
 import structlog
 import typer
 
-from relais.agents.keys import read_public_key
+from relais.agents.keys import MAX_SECRET_FILE_BYTES, read_secret_file
 from relais.broker_config.connection import Connection, connect
 from relais.broker_config.directory import Directory, verify_directory
 from relais.broker_config.embedded import BrokerPaths, read_info, running_pid
@@ -59,7 +56,6 @@ __all__ = [
     "fail",
     "load_directory",
     "logs_to_stderr",
-    "parse_root_public_key",
     "read_directory_file",
     "read_passphrase",
     "reported_errors",
@@ -68,8 +64,7 @@ __all__ = [
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-_MAX_PASSPHRASE_BYTES = 4096
-_MAX_KEY_FILE_BYTES = 16 * 1024
+_MAX_PASSPHRASE_BYTES = MAX_SECRET_FILE_BYTES
 
 
 def fail(reason: str, message: str, code: int) -> NoReturn:
@@ -91,26 +86,6 @@ def reported_errors() -> Iterator[None]:
         fail(exc.reason.value, str(exc), EXIT_FAILURE)
 
 
-def _from_file(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"passphrase file {path} is not a regular file")
-        if mode & 0o077:
-            raise ConfigError(
-                f"passphrase file {path} is accessible to others (mode {stat.S_IMODE(mode):04o})"
-            )
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(_MAX_PASSPHRASE_BYTES + 1)
-    finally:
-        os.close(fd)
-    return data.split(b"\n", 1)[0].removesuffix(b"\r")
-
-
 def read_passphrase(
     passphrase_file: Path | None, passphrase_env: str | None, *, confirm: bool
 ) -> bytes:
@@ -118,7 +93,7 @@ def read_passphrase(
     if passphrase_file is not None and passphrase_env is not None:
         raise ConfigError("give --passphrase-file or --passphrase-env, not both")
     if passphrase_file is not None:
-        passphrase = _from_file(passphrase_file)
+        passphrase = read_secret_file(passphrase_file, "passphrase", min_bytes=0)
     elif passphrase_env is not None:
         value = os.environ.get(passphrase_env)
         if value is None:
@@ -130,29 +105,6 @@ def read_passphrase(
     if not passphrase or len(passphrase) > _MAX_PASSPHRASE_BYTES:
         raise ConfigError("empty or oversized passphrase")
     return passphrase
-
-
-def parse_root_public_key(value: str) -> bytes:
-    """A pinned root Ed25519 public key: base64 text, or a file (``.pub.json`` or base64)."""
-    text = value
-    path = Path(value)
-    if path.is_file():
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-        if len(data) > _MAX_KEY_FILE_BYTES:
-            raise ConfigError(f"{path} is too large for a public key")
-        if data.lstrip().startswith(b"{"):
-            return read_public_key(path).sign_pk
-        text = data.decode("ascii", "replace").strip()
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError("the root public key must be 32 bytes in base64")
-    return raw
 
 
 def logs_to_stderr() -> None:

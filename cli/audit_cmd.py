@@ -22,6 +22,7 @@ from typing import Annotated
 
 import typer
 
+from relais.agents.keys import read_root_public_key
 from relais.broker_config.directory import DirectoryKeys
 from relais.broker_config.nats_conf import OPERATOR_INBOX
 from relais.cli._common import (
@@ -37,7 +38,6 @@ from relais.cli._common import (
     connect_operator,
     load_directory,
     logs_to_stderr,
-    parse_root_public_key,
     read_directory_file,
     reported_errors,
 )
@@ -102,7 +102,7 @@ def verify(
 ) -> None:
     """Recompute the audit chain and check every signed checkpoint."""
     with reported_errors():
-        root = parse_root_public_key(root_public_key)
+        root = read_root_public_key(root_public_key)
         anchored = Anchor.parse(anchor) if anchor is not None else None
         signed = read_directory_file(directory)
         target = broker_target(ctx, server, creds, data_dir)

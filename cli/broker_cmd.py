@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
+from relais.agents.keys import read_root_public_key
 from relais.broker_config.cluster import write_cluster_configs
 from relais.broker_config.directory import verify_directory
 from relais.broker_config.embedded import (
@@ -40,7 +41,6 @@ from relais.cli._common import (
     ServerOption,
     broker_target,
     logs_to_stderr,
-    parse_root_public_key,
     reported_errors,
 )
 from relais.schemas.errors import ConfigError
@@ -94,7 +94,7 @@ def _directory_args(
     if root_key is None:
         raise ConfigError("--directory needs --root-public-key")
     try:
-        return directory.read_bytes(), parse_root_public_key(root_key)
+        return directory.read_bytes(), read_root_public_key(root_key)
     except OSError as exc:
         raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
 
@@ -229,7 +229,7 @@ def reload(
             signed = directory.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
-        root = parse_root_public_key(root_public_key)
+        root = read_root_public_key(root_public_key)
         report = asyncio.run(
             broker_reload(data_dir, directory=signed, root_public_key=root, ready_timeout=timeout)
         )

@@ -24,7 +24,13 @@ from typing import Annotated, Any
 
 import typer
 
-from relais.agents.keys import PublicKey, load_key_file, read_public_key, write_atomic
+from relais.agents.keys import (
+    PublicKey,
+    load_key_file,
+    read_public_key,
+    read_root_public_key,
+    write_atomic,
+)
 from relais.broker_config.directory import (
     Directory,
     Partner,
@@ -44,7 +50,7 @@ from relais.broker_config.directory import (
     utc_now,
     verify_directory,
 )
-from relais.cli._common import parse_root_public_key, read_passphrase, reported_errors
+from relais.cli._common import read_passphrase, reported_errors
 from relais.cli.keys_cmd import PassphraseEnvOption, PassphraseFileOption
 from relais.schemas.domain import PartnerKind
 from relais.schemas.errors import ConfigError
@@ -104,7 +110,7 @@ def _validity(valid_days: int) -> dict[str, Any]:
 
 
 def _verified(signed: Path, root_public_key: str, min_serial: int | None = None) -> Directory:
-    root_pk = parse_root_public_key(root_public_key)
+    root_pk = read_root_public_key(root_public_key)
     return verify_directory(_read(signed, "signed directory"), root_pk, min_serial=min_serial)
 
 

@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from relais.agents.keys import read_root_public_key
 from relais.broker_config.directory import Directory, Partner
 from relais.cli._common import (
     EXIT_FAILURE,
@@ -55,7 +56,6 @@ from relais.cli._common import (
     fail,
     load_directory,
     logs_to_stderr,
-    parse_root_public_key,
     read_directory_file,
     reported_errors,
 )
@@ -190,7 +190,7 @@ def _load(
             f"{need_directory} needs the signed directory: give --root-public-key"
             " (or RELAIS_ROOT_PUBLIC_KEY)"
         )
-    root = parse_root_public_key(root_key) if root_key is not None else None
+    root = read_root_public_key(root_key) if root_key is not None else None
     signed = read_directory_file(directory_file)
     server, creds, data_dir, wait = broker
     target = broker_target(ctx, server, creds, data_dir)

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from relais.agents.keys import read_root_public_key
 from relais.broker_config.directory import Directory, verify_directory
 from relais.broker_config.rules import Decision, default_rules, load_rules
 from relais.cli._common import (
@@ -35,7 +36,6 @@ from relais.cli._common import (
     connect_operator,
     load_directory,
     logs_to_stderr,
-    parse_root_public_key,
     read_directory_file,
     reported_errors,
 )
@@ -134,7 +134,7 @@ def explain(
     with reported_errors():
         if event_type not in {t.value for t in EVENT_TYPES}:
             raise ConfigError(f"not an event type: {event_type}")
-        root = parse_root_public_key(root_public_key)
+        root = read_root_public_key(root_public_key)
         signed = read_directory_file(directory)
         if signed is not None:
             verified = verify_directory(signed, root)
