@@ -349,9 +349,19 @@ class Connection:
                 **options,
             )
         )
-        done, _ = await asyncio.wait(
-            {task, self._auth_failed}, timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        try:
+            done, _ = await asyncio.wait(
+                {task, self._auth_failed},
+                timeout=connect_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            # asyncio.wait leaves the connect running: it would connect later, unowned.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.close()
+            raise
         auth_failed = self._auth_failed.done()
         self._auth_failed.cancel()
         self._auth_failed = None

@@ -1,4 +1,4 @@
-"""The first operator commands: schemas check/list and the offline demo."""
+"""The first operator commands: schemas check/list (``relais demo``: tests/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -24,14 +24,3 @@ def test_schemas_list_json() -> None:
     assert rows["medical_referral"]["sections"] == ["main", "medical"]
     assert rows["danger_declaration"]["earlier_versions"] == [1]
     assert all(len(r["fingerprint"]) == 64 for r in rows.values())
-
-
-def test_demo_json_shows_no_unauthorized_read() -> None:
-    result = runner.invoke(app, ["demo", "--json"])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
-    assert doc["unauthorized_section_reads"] == 0
-    reads = {r["partner"]: r for r in doc["reads"]}
-    assert reads["crip-93"]["withheld"] == ["medical"]
-    assert reads["parquet-93-bobigny"]["reads_medical_section"] is True
-    assert reads["hotel-93-gare"]["refused"] == "NOT_A_RECIPIENT"
