@@ -18,8 +18,9 @@ from typing import Annotated
 
 import typer
 
+from relais.agents.logs import configure_logging
 from relais.cli._common import EXIT_USAGE, fail, reported_errors
-from relais.gateway.service import ROLES, configure_logging, run_gateway
+from relais.gateway.service import ROLES, run_gateway
 from relais.gateway.settings import load_settings
 
 __all__ = ["app"]

@@ -12,7 +12,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from relais.gateway.service import ROLES, configure_logging, run_gateway
+from relais.agents.logs import configure_logging
+from relais.gateway.service import ROLES, run_gateway
 from relais.gateway.settings import load_settings
 from relais.schemas.errors import ConfigError, RelaisError, TransportError
 

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import structlog
 
@@ -49,37 +48,13 @@ from relais.gateway.tracker import Tracker, TrackerConfig
 from relais.gateway.tracker_store import TrackerStore
 from relais.schemas.errors import ConfigError, DirectoryError, Reason, RelaisError
 
-__all__ = ["ROLES", "configure_logging", "load_policy", "publish_directory", "run_gateway"]
+__all__ = ["ROLES", "load_policy", "publish_directory", "run_gateway"]
 
 ROLES: Final = frozenset({"router", "tracker"})
 _DIRECTORY_STREAM: Final = "DIRECTORY"
 _DIRECTORY_SUBJECT: Final = "ref.dir"
 
 _log = structlog.get_logger(__name__)
-
-
-def configure_logging(*, json_output: bool | None = None, stream: TextIO | None = None) -> None:
-    """structlog to ``stream`` (default: stderr as of each line): JSON unless a terminal."""
-    out = stream or sys.stderr
-    as_json = (not out.isatty()) if json_output is None else json_output
-
-    def factory(*_args: Any) -> structlog.PrintLogger:
-        """A logger on the stream as of now (tests and CLIs redirect stderr)."""
-        return structlog.PrintLogger(stream or sys.stderr)
-
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        logger_factory=factory,
-        cache_logger_on_first_use=False,
-    )
 
 
 def _now_ms() -> int:
