@@ -3,8 +3,11 @@
 Three pullers, one per delivery consumer (``out-<id>-FLASH|URGENT|ROUTINE``), each hold at
 most one small batch ready (lean ``Connection.fetch`` long polls, so a FLASH message is on
 its way as soon as it is stored). One processor takes the next batch from the most urgent
-priority that has one, so a FLASH alert waits at most for the batch being processed, never
-behind a backlog of routine deliveries.
+priority that has one. A FLASH alert never waits behind a backlog of routine deliveries,
+nor for the whole batch in hand: a less urgent batch is examined a millisecond at a time
+(:data:`PREEMPT_SECONDS`), and when a more urgent batch is waiting the processor puts the
+batch aside with what it has examined so far (nothing stored or acknowledged yet) and takes
+it up again where it stopped once nothing more urgent waits.
 
 For each message of a batch, in this order:
 
@@ -15,10 +18,17 @@ For each message of a batch, in this order:
 2. the batch is written in one transaction: envelopes SEALED in the inbox (keyed by event
    id: a redelivery changes nothing), their ``DELIVERED`` receipt entries, notices (a
    rejection marks our sent event rejected), webhook jobs, and refusals with their reason;
-3. the receipts are signed and published (batched: one statement for the batch);
-4. messages are acknowledged; refused ones are terminated (never redelivered), except those
+3. messages are acknowledged; refused ones are terminated (never redelivered), except those
    a newer directory, key file or software version could cure (unknown sender, key or
-   schema), which are retried ``retry_deliveries`` times first. Content is never logged.
+   schema), which are retried ``retry_deliveries`` times first. Content is never logged;
+4. the receipt sender is woken: it signs the pending ``DELIVERED`` entries and publishes
+   them (:mod:`~relais.agents.receipts`) while the next batch is processed. The entries are
+   in the database since step 2, so a receipt is never lost once its message is
+   acknowledged; entries that accumulate while a receipt is being published go together in
+   the next statement (receipts are batched across pull batches under load, and sent at
+   once when idle). After a FLASH batch the processor waits for the signature (not for
+   the broker), so that the alert's receipt does not compete for the interpreter with
+   the routine work that follows.
 """
 
 from __future__ import annotations
@@ -51,9 +61,11 @@ from relais.schemas.errors import EnvelopeError, Reason, RelaisError, TransportE
 from relais.schemas.registry import to_jsonable
 from relais.schemas.statements import KINDS, verify_statement
 
-__all__ = ["DELIVERY_STREAM", "ReceiveConfig", "Receiver", "Refusal"]
+__all__ = ["DELIVERY_STREAM", "PREEMPT_SECONDS", "ReceiveConfig", "Receiver", "Refusal"]
 
 DELIVERY_STREAM: Final = "DELIVERY"
+# A less urgent batch is examined this long at a time before looking for a more urgent one.
+PREEMPT_SECONDS: Final = 0.001
 H_EVENT_ID: Final = "Relais-Event-Id"
 H_RULE: Final = "Relais-Rule"
 H_ESCALATION: Final = "Relais-Escalation"
@@ -149,6 +161,8 @@ class Receiver:
         self._slots: dict[Priority, asyncio.Queue[list[Msg]]] = {
             p: asyncio.Queue(maxsize=1) for p in Priority
         }
+        # A batch interrupted by a more urgent one, with the results so far (taken first).
+        self._rest: dict[Priority, tuple[list[Msg], list[_Examined]]] = {}
         self._ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -182,12 +196,19 @@ class Receiver:
                 await self._slots[priority].put(msgs)  # waits while one batch is still ready
                 self._ready.set()
 
-    def _take(self) -> tuple[Priority, list[Msg]] | None:
+    def _take(self) -> tuple[Priority, list[Msg], list[_Examined]] | None:
+        """The next batch, most urgent first: ``(priority, messages, results so far)``."""
         for priority in Priority:  # FLASH, URGENT, ROUTINE
+            rest = self._rest.pop(priority, None)
+            if rest is not None:
+                return priority, *rest
             slot = self._slots[priority]
             if not slot.empty():
-                return priority, slot.get_nowait()
+                return priority, slot.get_nowait(), []
         return None
+
+    def _more_urgent_waiting(self, priority: Priority) -> bool:
+        return any(p in self._rest or not self._slots[p].empty() for p in Priority if p < priority)
 
     async def _process(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -197,17 +218,25 @@ class Receiver:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._ready.wait(), timeout=1.0)
                 continue
-            priority, msgs = taken
             started = time.perf_counter()
-            await self.handle(priority, msgs)
-            self._metrics.batch_seconds.labels(priority.label).observe(
+            await self.handle(*taken)
+            self._metrics.batch_seconds.labels(taken[0].label).observe(
                 time.perf_counter() - started
             )
 
-    async def handle(self, priority: Priority, msgs: list[Msg]) -> None:
-        """Verify, store, send receipts and acknowledge one pulled batch."""
+    async def handle(
+        self, priority: Priority, msgs: list[Msg], examined: list[_Examined] | None = None
+    ) -> None:
+        """Verify, store and acknowledge one pulled batch, then wake the receipt sender.
+
+        ``examined``: the results of the first messages, examined before a more urgent batch
+        interrupted this one (see the module docstring), which may interrupt it again.
+        """
         view = self._watch.current
-        examined = [self._examine(m, view) for m in msgs]
+        done = await self._examine_batch(priority, msgs, view, list(examined or []))
+        if done is None:
+            return  # handed back: a more urgent batch goes first
+        examined = done
         curable = any(isinstance(e, Refusal) and e.reason in _CURABLE for e in examined)
         if curable and await self._refresh():  # a newer directory may know the sender now
             view = self._watch.current
@@ -231,19 +260,42 @@ class Receiver:
             await self._settle(self._link.conn, msgs, examined, [], msgs, acked=False)
             return
         crash_point("after_store")
-        acked = await self._send_receipts()
-        await self._settle(self._link.conn, msgs, examined, final, later, acked)
+        # Stored with their DELIVERED entries: the receipt sender publishes them (and keeps
+        # trying if the broker does not answer), so the messages are done with.
+        await self._settle(self._link.conn, msgs, examined, final, later, acked=True)
+        if (deliveries or notices) and priority is Priority.FLASH:
+            await self._receipts.sign_now()  # before going back to less urgent work
+        elif deliveries or notices:
+            self._receipts.wake()
         self._on_stored(stored)
         self._report(priority, examined, stored, final)
 
-    async def _send_receipts(self) -> bool:
-        try:
-            await self._receipts.flush()
-        except RelaisError as exc:
-            # Stored: the receipts go with a later flush, the messages come back meanwhile.
-            _log.warning("agent.receipts_deferred", reason=exc.reason.value)
-            return False
-        return True
+    async def _examine_batch(
+        self, priority: Priority, msgs: list[Msg], view: DirectoryView, examined: list[_Examined]
+    ) -> list[_Examined] | None:
+        """Examine the messages ``examined`` does not cover yet; every result, or ``None``.
+
+        Below FLASH, the event loop gets a turn every :data:`PREEMPT_SECONDS` (the pullers
+        put what they fetch in their slots); when a more urgent batch is waiting, the batch
+        is handed back with what was examined so far (nothing stored, nothing acknowledged),
+        to be taken again before new batches of this priority, and ``None`` is returned.
+        """
+        if priority is Priority.FLASH:
+            return [*examined, *(self._examine(m, view) for m in msgs[len(examined) :])]
+        clock = time.perf_counter
+        until = clock() + PREEMPT_SECONDS
+        start = len(examined)
+        for index in range(start, len(msgs)):
+            if index > start and clock() >= until:
+                # A fetched message takes a few turns of the loop to reach its slot.
+                for _ in range(2):
+                    await asyncio.sleep(0)
+                if self._more_urgent_waiting(priority):
+                    self._rest[priority] = (msgs, examined)
+                    return None
+                until = clock() + PREEMPT_SECONDS
+            examined.append(self._examine(msgs[index], view))
+        return examined
 
     def _sort_refusals(
         self, msgs: list[Msg], examined: list[_Examined]

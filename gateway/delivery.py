@@ -3,6 +3,9 @@
 Headers carry ids and codes only: ``Nats-Msg-Id`` (``<event id>:<partner>`` for an envelope
 copy, ``<statement id>:<partner>`` for a statement), ``Relais-Event-Id``, ``Relais-Type``,
 ``Relais-Rule`` and, on an envelope released to a fallback recipient, ``Relais-Escalation``.
+Copies stored through an atomic batch (:func:`~relais.gateway.jetstream.publish_many`, the
+router under load) also keep nats-server's ``Nats-Batch-Id`` (random), ``Nats-Batch-Sequence``
+and, on the last one, ``Nats-Batch-Commit``.
 
 Statement ids (rejection, escalation notice) are derived from what they are about
 (:func:`statement_id`), so a statement re-signed after a crash carries the same id and the
@@ -15,7 +18,7 @@ import uuid
 from typing import Final
 
 from relais.broker_config.connection import Connection
-from relais.gateway.jetstream import Published, publish
+from relais.gateway.jetstream import Outgoing, Published, publish
 from relais.schemas.domain import EventType, Priority
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "H_EVENT_ID",
     "H_RULE",
     "H_TYPE",
+    "copy_message",
     "delivery_subject",
     "publish_copy",
     "publish_statement",
@@ -47,6 +51,28 @@ def delivery_subject(partner: str, priority: Priority) -> str:
     return f"ref.out.{partner}.{priority.label}"
 
 
+def copy_message(
+    envelope: bytes,
+    *,
+    partner: str,
+    priority: Priority,
+    event_id: uuid.UUID,
+    event_type: EventType,
+    rule: str,
+    escalation: uuid.UUID | None = None,
+) -> Outgoing:
+    """The copy of an envelope for ``partner`` (deduplicated on ``<event id>:<partner>``)."""
+    headers = {H_EVENT_ID: str(event_id), H_TYPE: event_type.value, H_RULE: rule}
+    if escalation is not None:
+        headers[H_ESCALATION] = str(escalation)
+    return Outgoing(
+        delivery_subject(partner, priority),
+        envelope,
+        msg_id=f"{event_id}:{partner}",
+        headers=headers,
+    )
+
+
 async def publish_copy(
     conn: Connection,
     envelope: bytes,
@@ -58,17 +84,17 @@ async def publish_copy(
     rule: str,
     escalation: uuid.UUID | None = None,
 ) -> Published:
-    """One copy of an envelope for ``partner`` (deduplicated on ``<event id>:<partner>``)."""
-    headers = {H_EVENT_ID: str(event_id), H_TYPE: event_type.value, H_RULE: rule}
-    if escalation is not None:
-        headers[H_ESCALATION] = str(escalation)
-    return await publish(
-        conn,
-        delivery_subject(partner, priority),
+    """Publish one copy (:func:`copy_message`) and wait for its acknowledgement."""
+    copy = copy_message(
         envelope,
-        msg_id=f"{event_id}:{partner}",
-        headers=headers,
+        partner=partner,
+        priority=priority,
+        event_id=event_id,
+        event_type=event_type,
+        rule=rule,
+        escalation=escalation,
     )
+    return await publish(conn, copy.subject, copy.payload, msg_id=copy.msg_id, headers=copy.headers)
 
 
 async def publish_statement(

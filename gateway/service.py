@@ -40,7 +40,7 @@ from relais.broker_config.nats_conf import GATEWAY_INBOX
 from relais.broker_config.rules import RuleSet, default_rules, load_rules
 from relais.gateway import metrics
 from relais.gateway.checkpoint import Checkpointer
-from relais.gateway.jetstream import last_for_subject, publish
+from relais.gateway.jetstream import last_for_subject, publish, use_atomic_batches
 from relais.gateway.policy import Policy, check_gateway_identity
 from relais.gateway.router import Router, RouterConfig
 from relais.gateway.settings import GatewaySettings
@@ -217,7 +217,11 @@ async def run_gateway(
     wanted = frozenset(roles)
     if not wanted or not wanted <= ROLES:
         raise ConfigError(f"roles must be among {sorted(ROLES)}")
-    await require_sync_always(settings.monitor_url, allow_unsafe=settings.allow_unsafe_no_fsync)
+    durable = await require_sync_always(
+        settings.monitor_url, allow_unsafe=settings.allow_unsafe_no_fsync
+    )
+    # Atomic batches share one fsync; on a broker that does not fsync they only cost.
+    use_atomic_batches(durable)
     passphrase = read_secret_file(settings.passphrase_file, "passphrase")
     signer = load_key_file(settings.key_file, passphrase)
     policy, signed = load_policy(settings)
