@@ -19,6 +19,7 @@ Secrecy policy: for each secrecy class, the partner kinds entitled to read such 
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ __all__ = [
     "RuleSet",
     "Selector",
     "default_rules",
+    "default_rules_text",
     "load_rules",
+    "with_deadline",
 ]
 
 TRIAGE_RULE_ID = "triage"
@@ -306,10 +309,39 @@ def load_rules(source: Path | str | bytes) -> RuleSet:
         raise RoutingError(f"rules invalid: {where}", reason=Reason.RULES_INVALID) from exc
 
 
+def default_rules_text() -> str:
+    """The text of the packaged rules file of the partnership."""
+    return (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text(
+        "utf-8"
+    )
+
+
 @functools.cache
 def default_rules() -> RuleSet:
     """The packaged rules of the partnership."""
-    text = (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text(
-        "utf-8"
+    return load_rules(default_rules_text())
+
+
+def with_deadline(text: str, rule_id: str, deadline_seconds: int) -> str:
+    """Rules text with the take-in-charge deadline of rule ``rule_id`` changed.
+
+    The version is bumped: the audit log records the rules version of every decision, and
+    these are not the rules of ``text`` any more. For demonstrations and tests (a deadline
+    of a few seconds); raises ``RoutingError(RULES_INVALID)`` when the rule has no deadline.
+    """
+    start = text.find(f'id = "{rule_id}"')
+    end = text.find("[[rules]]", start)
+    version = re.search(r"(?m)^version = (\d+)$", text)
+    if start < 0 or version is None:
+        raise RoutingError(f"no rule {rule_id} to change", reason=Reason.RULES_INVALID)
+    end = len(text) if end < 0 else end
+    block, count = re.subn(
+        r"(?m)^deadline_seconds = \d+$",
+        f"deadline_seconds = {deadline_seconds}",
+        text[start:end],
+        count=1,
     )
-    return load_rules(text)
+    if count != 1:
+        raise RoutingError(f"rule {rule_id} has no deadline", reason=Reason.RULES_INVALID)
+    text = text[:start] + block + text[end:]
+    return re.sub(r"(?m)^version = (\d+)$", f"version = {int(version.group(1)) + 1}", text, count=1)

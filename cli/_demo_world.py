@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,7 +54,7 @@ from relais.broker_config.embedded import (
     stop_process,
 )
 from relais.broker_config.nats_conf import OPERATOR_INBOX
-from relais.broker_config.rules import RuleSet, load_rules
+from relais.broker_config.rules import RuleSet, default_rules_text, load_rules, with_deadline
 from relais.gateway.audit import AUDIT_STREAM, RECORD_SUBJECT, decode_record
 from relais.gateway.jetstream import read_stream
 from relais.gateway.service import run_gateway
@@ -83,31 +81,9 @@ class StepTimeout(RelaisError):
 
 
 def demo_rules_text(deadline_seconds: int) -> str:
-    """The packaged rules with the runaway alert's deadline set to ``deadline_seconds``.
-
-    The version is bumped (the audit log records the rules version of every decision, and
-    these are not the packaged rules any more).
-    """
-    text = (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text(
-        "utf-8"
-    )
-    start = text.find('id = "runaway-alert"')
-    end = text.find("[[rules]]", start)
-    version = re.search(r"(?m)^version = (\d+)$", text)
-    if start < 0 or end < 0 or version is None:
-        raise ConfigError("the packaged rules have no runaway alert rule to shorten")
-    block, count = re.subn(
-        r"(?m)^deadline_seconds = \d+$",
-        f"deadline_seconds = {deadline_seconds}",
-        text[start:end],
-        count=1,
-    )
-    if count != 1:
-        raise ConfigError("the packaged runaway alert rule has no deadline")
-    text = text[:start] + block + text[end:]
-    text = re.sub(r"(?m)^version = (\d+)$", f"version = {int(version.group(1)) + 1}", text, count=1)
+    """The packaged rules with the runaway alert's deadline set to ``deadline_seconds``."""
     header = f"# relais demo: runaway alerts must be taken in charge within {deadline_seconds} s\n"
-    return header + text
+    return header + with_deadline(default_rules_text(), "runaway-alert", deadline_seconds)
 
 
 class AuditTail:

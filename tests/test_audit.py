@@ -31,7 +31,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from relais.broker_config.connection import connect
 from relais.broker_config.directory import DirectoryKeys
 from relais.broker_config.embedded import start_server, stop_process
 from relais.broker_config.nats_conf import GATEWAY_INBOX
-from relais.broker_config.rules import load_rules
+from relais.broker_config.rules import default_rules_text, load_rules, with_deadline
 from relais.broker_config.streams import STREAMS
 from relais.cli.audit_cmd import app as audit_app
 from relais.gateway import metrics
@@ -197,8 +196,7 @@ class Scenario:
 
 
 def short_rules():
-    text = (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text()
-    return load_rules(text.replace("deadline_seconds = 900", "deadline_seconds = 3"))
+    return load_rules(with_deadline(default_rules_text(), "runaway-alert", 3))
 
 
 async def _publish(broker, partner: str, kind: str, data: bytes) -> None:

@@ -31,7 +31,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from typer.testing import CliRunner
 
 from relais.agents.keys import read_root_public_key, read_secret_file, write_key_file
 from relais.broker_config.directory import bump_serial, sign_directory
-from relais.broker_config.rules import default_rules
+from relais.broker_config.rules import default_rules, default_rules_text, with_deadline
 from relais.cli.gateway_cmd import app as gateway_app
 from relais.gateway.audit import RECORD_SUBJECT, decode_record
 from relais.gateway.jetstream import read_stream
@@ -146,9 +145,9 @@ def write_config(root: Path, broker, territory, *, deadline: int | None = None) 
     passphrase.chmod(0o600)
     (root / "directory.json").write_bytes(territory.signed_directory)
     (root / "root.pub").write_text(territory.root_public_b64 + "\n")
-    rules = (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text()
+    rules = default_rules_text()
     if deadline is not None:
-        rules = rules.replace("deadline_seconds = 900", f"deadline_seconds = {deadline}")
+        rules = with_deadline(rules, "runaway-alert", deadline)
     (root / "rules.toml").write_text(rules)
     config = root / "gateway.toml"
     config.write_text(

@@ -26,7 +26,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import pytest
 from typer.testing import CliRunner
 
 from relais.broker_config.embedded import stop_process
-from relais.broker_config.rules import load_rules
+from relais.broker_config.rules import default_rules_text, load_rules, with_deadline
 from relais.cli.app import app
 from relais.gateway.checkpoint import Checkpointer
 from relais.gateway.flows import (
@@ -337,9 +336,7 @@ class World:
 
 
 def short_rules():
-    text = (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text()
-    assert "deadline_seconds = 900" in text
-    return load_rules(text.replace("deadline_seconds = 900", f"deadline_seconds = {DEADLINE_S}"))
+    return load_rules(with_deadline(default_rules_text(), "runaway-alert", DEADLINE_S))
 
 
 async def _publish(broker, partner: str, kind: str, data: bytes) -> None:

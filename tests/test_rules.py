@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from relais.agents.territory import DEMO_PARTNERS, PartnerSpec, Territory, build_territory
-from relais.broker_config.rules import Decision, default_rules, load_rules
+from relais.broker_config.rules import (
+    Decision,
+    default_rules,
+    default_rules_text,
+    load_rules,
+    with_deadline,
+)
 from relais.schemas.domain import EVENT_TYPES, EventType, PartnerKind, Priority
 from relais.schemas.errors import Reason, RoutingError
 
@@ -305,14 +311,6 @@ def test_explain_names_the_rule_and_the_reason_of_each_recipient(territory: Terr
     assert all(r["why"] for r in rows)
 
 
-def default_rules_text() -> str:
-    from importlib import resources
-
-    return (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text(
-        "utf-8"
-    )
-
-
 @pytest.mark.parametrize(
     ("patch", "needle"),
     [
@@ -337,3 +335,20 @@ def test_unreadable_rules_are_refused() -> None:
     with pytest.raises(RoutingError) as info:
         load_rules("version = [")
     assert info.value.reason is Reason.RULES_INVALID
+
+
+def test_with_deadline_changes_one_rule_and_bumps_the_version() -> None:
+    packaged = default_rules()
+    changed = load_rules(with_deadline(default_rules_text(), "runaway-alert", 3))
+    assert changed.version == packaged.version + 1
+    assert changed.by_type[EventType.RUNAWAY_ALERT].deadline_seconds == 3
+    for event_type, rule in packaged.by_type.items():
+        if event_type is not EventType.RUNAWAY_ALERT:
+            assert changed.by_type[event_type] == rule
+
+
+@pytest.mark.parametrize("rule_id", ["pas-de-regle", "runaway-ended"])
+def test_with_deadline_refuses_a_missing_rule_or_deadline(rule_id: str) -> None:
+    with pytest.raises(RoutingError) as caught:
+        with_deadline(default_rules_text(), rule_id, 3)
+    assert caught.value.reason is Reason.RULES_INVALID

@@ -16,14 +16,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relais.broker_config.embedded import stop_process
-from relais.broker_config.rules import load_rules
+from relais.broker_config.rules import default_rules_text, load_rules, with_deadline
 from relais.gateway.audit import RECORD_SUBJECT, decode_record
 from relais.gateway.jetstream import read_stream
 from relais.gateway.tracker_store import EventState, PartyState
@@ -54,9 +53,7 @@ def world(demo_territory, territory_directory, broker_launcher, tmp_path_factory
 
 @pytest.fixture(scope="module")
 def short_rules():
-    text = (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text()
-    assert "deadline_seconds = 900" in text
-    return load_rules(text.replace("deadline_seconds = 900", f"deadline_seconds = {DEADLINE_S}"))
+    return load_rules(with_deadline(default_rules_text(), "runaway-alert", DEADLINE_S))
 
 
 def now_ms() -> int:
