@@ -46,6 +46,11 @@ class HistoricKeys:
     def __init__(self, directory: Directory) -> None:
         self._directory = directory
 
+    @property
+    def partnership(self) -> str:
+        """The partnership id every envelope verified here must name."""
+        return self._directory.partnership
+
     def signing_key(self, partner_id: str, key_id: str, at_ms: int) -> bytes:
         """The listed Ed25519 key (``UNKNOWN_SENDER`` / ``UNKNOWN_KEY`` when not listed)."""
         partner = self._directory.get(partner_id)

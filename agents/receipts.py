@@ -98,6 +98,7 @@ class ReceiptSender:
         partner_id: str,
         signer: Callable[[], LocalIdentity],
         link: Link,
+        partnership: str,
         db: Database,
         metrics: AgentMetrics,
     ) -> None:
@@ -105,6 +106,7 @@ class ReceiptSender:
         self._partner_id = partner_id
         self._subject = receipts_subject(partner_id)
         self._signer = signer
+        self._partnership = partnership
         self._link = link
         self._db = db
         self._metrics = metrics
@@ -173,7 +175,9 @@ class ReceiptSender:
             if not rows:
                 return states, store.unpublished_statements()
             record = receipt_record(self._partner_id, [r[1:] for r in rows])
-            data = sign_statement(EventType.RECEIPT, record, signer=self._signer())
+            data = sign_statement(
+                EventType.RECEIPT, record, signer=self._signer(), partnership=self._partnership
+            )
             store.save_statement([r[0] for r in rows], data, statement_msg_id(record), now)
             states.extend(row[2] for row in rows)
 

@@ -183,6 +183,7 @@ class Agent:
         self._receipts = ReceiptSender(
             partner_id=s.partner_id,
             signer=self._signer,
+            partnership=watch.current.directory.partnership,
             link=self._link,
             db=self._db,
             metrics=self.metrics,

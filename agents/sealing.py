@@ -36,6 +36,7 @@ class Plan:
     decision: Decision
     recipients: tuple[Recipient, ...]
     fallback: tuple[Recipient, ...]
+    partnership: str  # the directory's, bound in the envelope's header
 
     @property
     def event_type(self) -> EventType:
@@ -108,6 +109,7 @@ def plan_event(
         decision=decision,
         recipients=tuple(_recipient(keys, p, at_ms) for p in decision.recipients),
         fallback=tuple(_recipient(keys, p, at_ms) for p in decision.fallback),
+        partnership=directory.partnership,
     )
 
 
@@ -125,6 +127,7 @@ def seal_planned(
         plan.event_type,
         plan.record,
         sender=sender,
+        partnership=plan.partnership,
         recipients=plan.recipients,
         fallback=plan.fallback,
         departement=plan.decision.departement,

@@ -65,6 +65,7 @@ def measure(n_recipients: int, rounds: int, iterations: int) -> dict[str, float]
             EventType.MEDICAL_REFERRAL,
             record,
             sender=sender,
+            partnership=territory.partnership,
             recipients=rcpts,
             departement="93",
             priority=Priority.URGENT,

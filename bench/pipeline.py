@@ -1133,6 +1133,7 @@ def _seal_backlog(job: tuple[str, int]) -> list[tuple[str, bytes]]:
             EventType.CARE_ORIENTATION,
             records[i % 16],
             sender=signer,
+            partnership=directory.partnership,
             recipients=[target],
             departement="93",
             priority=Priority.ROUTINE,

@@ -428,6 +428,11 @@ class DirectoryKeys:
         """The directory keys are resolved from."""
         return self._directory
 
+    @property
+    def partnership(self) -> str:
+        """The partnership id every envelope and statement verified here must name."""
+        return self._directory.partnership
+
     def _partner(self, partner_id: str) -> Partner:
         partner = self._directory.get(partner_id)
         if partner is None:

@@ -575,6 +575,7 @@ class Router:
                 "rejected_at": _millis(now),
             },
             signer=self._signer,
+            partnership=self.policy.directory.partnership,
             now_ms=now,
         )
         await publish_statement(

@@ -503,7 +503,13 @@ class Tracker:
             "fallback_recipients": list(event.fallback),
             "sender": event.sender,
         }
-        return sign_statement(EventType.ESCALATION_NOTICE, record, signer=self._signer, now_ms=now)
+        return sign_statement(
+            EventType.ESCALATION_NOTICE,
+            record,
+            signer=self._signer,
+            partnership=self.policy.directory.partnership,
+            now_ms=now,
+        )
 
     # -- logging -------------------------------------------------------------------------------
 

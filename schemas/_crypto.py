@@ -53,6 +53,7 @@ RandomSource = Callable[[int], bytes]
 KEY_BYTES = 32
 NONCE_BYTES = 24
 SIG_BYTES = 64
+_TAG_BYTES = 16
 WRAP_BYTES = 32 + 16 + 32  # ephemeral public key, Poly1305 tag, wrapped 32-byte key
 _SIG_PREFIX = b"relais/1 sig:"
 _COMMIT_PREFIX = b"relais/1 commit\x00"
@@ -156,7 +157,7 @@ def unwrap_key(wrap: bytes, box_pk: bytes, box_sk: bytes) -> bytes:
         raise EnvelopeError(Reason.SMALL_ORDER_KEY)
     try:
         key = _sodium.crypto_box_seal_open(wrap, box_pk, box_sk)
-    except CryptoError as exc:
+    except (CryptoError, ValueError, TypeError) as exc:
         raise EnvelopeError(Reason.UNWRAP_FAILED) from exc
     if len(key) != KEY_BYTES:
         raise EnvelopeError(Reason.UNWRAP_FAILED)
@@ -170,11 +171,13 @@ def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> byte
 
 def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     """XChaCha20-Poly1305 decryption; raise ``EnvelopeError(DECRYPT_FAILED)``."""
+    if len(ciphertext) < _TAG_BYTES:  # PyNaCl raises a bare ValueError below the tag size
+        raise EnvelopeError(Reason.DECRYPT_FAILED)
     try:
         return bytes(
             _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key)
         )
-    except CryptoError as exc:
+    except (CryptoError, ValueError, TypeError) as exc:
         raise EnvelopeError(Reason.DECRYPT_FAILED) from exc
 
 

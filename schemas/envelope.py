@@ -6,7 +6,9 @@ Byte layout (normative text in ``docs/protocol.md``)::
     digests  := for each section of core: sha256(ciphertext) | sha256(wraps)
     sections := for each section of core: ciphertext:bytes | wraps (80 bytes per audience entry)
 
-``core`` names the protocol, the event, its schema fingerprint, the sender and key, priority,
+``core`` names the protocol, the event, its schema fingerprint, the partnership (the
+directory's ``partnership`` id: an envelope of one partnership never verifies in another,
+even where the same keys are enrolled in both), the sender and key, priority,
 département, times, routing metadata (codes only), the sorted recipients and fallback
 recipients with the key id each is wrapped to, and per section its name, sorted audience,
 nonce and key commitment. The signature (context ``event``) covers everything from MAGIC up
@@ -89,6 +91,11 @@ def _now_ms() -> int:
 class KeyResolver(Protocol):
     """Public keys from the signed directory (implemented by ``broker_config.directory``)."""
 
+    @property
+    def partnership(self) -> str:
+        """The directory's partnership id, which every envelope and statement must name."""
+        ...
+
     def signing_key(self, partner_id: str, key_id: str, at_ms: int) -> bytes:
         """The Ed25519 public key, or ``EnvelopeError`` (unknown, revoked, expired...)."""
         ...
@@ -153,6 +160,7 @@ class EnvelopeHeader:
     recipients: tuple[RecipientRef, ...]
     fallback: tuple[RecipientRef, ...]
     sections: tuple[SectionInfo, ...]
+    partnership: str
 
     @property
     def recipient_ids(self) -> tuple[str, ...]:
@@ -213,6 +221,7 @@ def seal(
     record: Mapping[str, Any],
     *,
     sender: LocalIdentity,
+    partnership: str,
     recipients: Sequence[Recipient],
     departement: str,
     priority: Priority,
@@ -230,6 +239,7 @@ def seal(
     entitled to it (a subset of recipients and fallback); a secret section nobody is entitled
     to is left out of the envelope. The main section goes to every recipient and fallback.
     Sealing refuses a secret section whose audience is not a subset of the recipients.
+    ``partnership`` is the directory's partnership id, bound in the header.
     """
     reg = registry or default_registry()
     schema = reg.by_type(event_type)
@@ -280,6 +290,7 @@ def seal(
         recipients=tuple(RecipientRef(r.partner_id, r.key_id) for r in rcpt),
         fallback=tuple(RecipientRef(r.partner_id, r.key_id) for r in fb),
         sections=tuple(infos),
+        partnership=partnership,
     )
     _check_sealable(header)
     core = _encode_core(header)
@@ -317,6 +328,8 @@ def _check_sealable(h: EnvelopeHeader) -> None:
         raise EnvelopeError(Reason.MALFORMED_HEADER)
     if len(h.sender_key_id) > _KEY_ID_CAP or any(len(r.key_id) > _KEY_ID_CAP for r in refs):
         raise EnvelopeError(Reason.FIELD_TOO_LARGE)
+    if not PARTNER_ID_RE.fullmatch(h.partnership):
+        raise EnvelopeError(Reason.MALFORMED_HEADER)
     for ids in (h.recipient_ids, h.fallback_ids):
         if not _ascending(ids):
             raise EnvelopeError(Reason.UNSORTED_RECIPIENTS)
@@ -332,7 +345,9 @@ def _aad(prefix: bytes, index: int) -> bytes:
 def _encode_core(h: EnvelopeHeader) -> bytes:
     w = Writer()
     w.str_(PROTOCOL).raw(h.event_id.bytes).str_(h.event_type.value).raw(h.schema_fp)
-    w.str_(h.sender).str_(h.sender_key_id).uvarint(int(h.priority)).str_(h.departement)
+    w.str_(h.partnership).str_(h.sender).str_(h.sender_key_id).uvarint(int(h.priority)).str_(
+        h.departement
+    )
     w.uvarint(h.created_at_ms).uvarint(h.expires_at_ms)
     w.uvarint(len(h.routing))
     for key in sorted(h.routing):
@@ -387,6 +402,7 @@ def _parse_unverified_core(core: bytes, outer: Reader | None = None) -> Envelope
     event_id = uuid.UUID(bytes=r.raw(16))
     event_type = _EVENT_TYPE_BY_VALUE.get(r.str_(48))
     schema_fp = r.raw(32)
+    partnership = r.str_(_ID_CAP)
     sender, sender_key_id = r.str_(_ID_CAP), r.str_(_KEY_ID_CAP)
     priority = _PRIORITY_BY_VALUE.get(r.uvarint())
     if event_type is None:
@@ -435,7 +451,10 @@ def _parse_unverified_core(core: bytes, outer: Reader | None = None) -> Envelope
         recipients=recipients,
         fallback=fallback,
         sections=sections,
+        partnership=partnership,
     )
+    if not PARTNER_ID_RE.fullmatch(partnership):
+        raise EnvelopeError(Reason.MALFORMED_HEADER)
     _check_shape(header, keys)
     return header
 
@@ -527,11 +546,14 @@ def verify_envelope(
 ) -> VerifiedEnvelope:
     """Check everything that needs no private key, cheapest first.
 
-    Framing and caps, known schema for the declared type, times, the sender's key in the
-    directory at creation time, the canonical signature, then each section's digests.
+    Framing and caps, the partnership (``WRONG_PARTNERSHIP`` unless it is the directory's),
+    known schema for the declared type, times, the sender's key in the directory at creation
+    time, the canonical signature, then each section's digests.
     """
     framed = _parse_unverified(data)
     h = framed.header
+    if h.partnership != keys.partnership:
+        raise EnvelopeError(Reason.WRONG_PARTNERSHIP)
     reg = registry or default_registry()
     schema = reg.by_fingerprint(h.schema_fp)
     if schema.event_type is not h.event_type:

@@ -59,6 +59,8 @@ class Reason(StrEnum):
     WRAP_COUNT_MISMATCH = "WRAP_COUNT_MISMATCH"
     UNSORTED_RECIPIENTS = "UNSORTED_RECIPIENTS"
     BAD_AUDIENCE = "BAD_AUDIENCE"
+    # the partnership the signed bytes name is not the verifier's (replay across partnerships)
+    WRONG_PARTNERSHIP = "WRONG_PARTNERSHIP"
     # identity and signatures
     UNKNOWN_SENDER = "UNKNOWN_SENDER"
     UNKNOWN_KEY = "UNKNOWN_KEY"
@@ -81,6 +83,11 @@ class Reason(StrEnum):
     DECRYPT_FAILED = "DECRYPT_FAILED"
     COMMITMENT_MISMATCH = "COMMITMENT_MISMATCH"
     BODY_DECODE_FAILED = "BODY_DECODE_FAILED"
+    # a signed Avro body in another than its one canonical encoding (boolean byte 2,
+    # overlong varint, union or enum index out of range, array in several blocks...)
+    NONCANONICAL_ENCODING = "NONCANONICAL_ENCODING"
+    # more array items or map entries in one section than the cap (work bound)
+    TOO_MANY_ITEMS = "TOO_MANY_ITEMS"
     ROUTING_MISMATCH = "ROUTING_MISMATCH"
     INVALID_PAYLOAD = "INVALID_PAYLOAD"
     # policy (router)

@@ -42,6 +42,7 @@ import fastavro
 from fastavro._validate_common import ValidationError
 from fastavro.validation import validate
 
+from relais.schemas.avro_strict import StrictReader, compile_reader
 from relais.schemas.domain import ROUTING_VALUE_RE, EventType, SecrecyClass
 from relais.schemas.errors import EnvelopeError, PayloadError, Reason, SchemaError
 
@@ -112,6 +113,7 @@ class _Section:
     fields: tuple[str, ...]
     parsed: Any
     fp8: bytes
+    strict: StrictReader
 
 
 @dataclass(eq=False, slots=True)
@@ -172,8 +174,11 @@ class EventSchema:
         The fast path (one whole-record fastavro validation, the UUID fields, then the strict
         writer, which refuses unknown nested keys and missing fields) costs about as much as
         encoding alone; anything it refuses is diagnosed by :meth:`validate`, which raises the
-        :class:`PayloadError` naming the fields.
+        :class:`PayloadError` naming the fields. List items are counted first, against the
+        cap receivers apply (``TOO_MANY_ITEMS``), so an oversized list costs nothing more.
         """
+        for sec in self.sections.values():
+            sec.strict.count_items(record)
         if (
             record.keys() <= self.field_types.keys()
             and validate(record, self.full_parsed, raise_errors=False, strict=True)
@@ -208,8 +213,10 @@ class EventSchema:
     def decode_section(self, section: str, data: bytes) -> dict[str, Any]:
         """Decode a section body written with this schema version, read with the pinned reader.
 
-        Raises ``EnvelopeError(BODY_DECODE_FAILED)``: the data was signed by a known partner
-        but does not decode, which is a sender defect or an attack.
+        The body is first read strictly (:mod:`relais.schemas.avro_strict`): only its
+        canonical encoding passes (``NONCANONICAL_ENCODING``), within the items cap
+        (``TOO_MANY_ITEMS``). Otherwise ``EnvelopeError(BODY_DECODE_FAILED)``: the data was
+        signed by a known partner but does not decode, which is a sender defect or an attack.
         """
         sec = self.sections.get(section)
         reader = self.pinned_reader.sections.get(section)
@@ -217,6 +224,7 @@ class EventSchema:
             raise EnvelopeError(Reason.BODY_DECODE_FAILED)
         if data[:2] != _SINGLE_OBJECT_MARKER or data[2:10] != sec.fp8:
             raise EnvelopeError(Reason.BODY_DECODE_FAILED)
+        sec.strict.check(data, 10)
         buf = io.BytesIO(data)
         buf.seek(10)
         try:
@@ -478,6 +486,7 @@ def build_schema(raw: dict[str, Any], version: int) -> EventSchema:
             fields=tuple(f["name"] for f in fields),
             parsed=section_parsed,
             fp8=crc64_avro(pcf.encode("utf-8")),
+            strict=compile_reader(cast(dict[str, Any], section_parsed)),
         )
     return EventSchema(
         event_type=event_type,

@@ -2,12 +2,14 @@
 
 They carry metadata only (ids, codes, times), so they are signed but not encrypted::
 
-    statement := MAGIC "RLS\\x01" | kind | signer:str | key_id:str | created_at:uvarint
-                 | schema_fp[32] | body:bytes | signature[64]
+    statement := MAGIC "RLS\\x01" | kind | partnership:str | signer:str | key_id:str
+                 | created_at:uvarint | schema_fp[32] | body:bytes | signature[64]
 
 ``kind`` is 0x02 receipt, 0x03 rejection, 0x04 escalation notice; the signature context is
 the kind's name, so neither an event signature nor another kind of statement verifies as
-this one. ``body`` is the Avro single-object encoding of the statement's schema.
+this one. ``partnership`` is the directory's partnership id: a statement of one partnership
+never verifies in another. ``body`` is the Avro single-object encoding of the statement's
+schema, read strictly (canonical encoding only).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Statement:
     """A verified statement."""
 
     event_type: EventType
+    partnership: str
     signer: str
     key_id: str
     created_at_ms: int
@@ -54,18 +57,24 @@ def sign_statement(
     record: Mapping[str, Any],
     *,
     signer: LocalIdentity,
+    partnership: str,
     registry: SchemaRegistry | None = None,
     now_ms: int | None = None,
 ) -> bytes:
-    """Validate ``record`` against the statement's schema, encode and sign it."""
+    """Validate ``record`` against the statement's schema, encode and sign it.
+
+    ``partnership`` is the directory's partnership id, bound in the signed bytes.
+    """
     kind = _KIND_OF.get(EventType(event_type))
     if kind is None:
         raise EnvelopeError(Reason.WRONG_KIND)
+    if not PARTNER_ID_RE.fullmatch(partnership):
+        raise EnvelopeError(Reason.MALFORMED_HEADER)
     schema = (registry or default_registry()).by_type(event_type)
     schema.validate(record)
     body = schema.encode_section(MAIN_SECTION, record)
     created = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    w = Writer().raw(MAGIC).raw(bytes([kind]))
+    w = Writer().raw(MAGIC).raw(bytes([kind])).str_(partnership)
     w.str_(signer.partner_id).str_(signer.key_id).uvarint(created).raw(schema.fingerprint)
     message = w.bytes_(body).getvalue()
     if len(message) + _crypto.SIG_BYTES > MAX_STATEMENT_BYTES:
@@ -82,7 +91,10 @@ def verify_statement(
     now_ms: int | None = None,
     skew_ms: int = DEFAULT_SKEW_MS,
 ) -> Statement:
-    """Check framing, kind, schema, signer key and signature, then decode the body."""
+    """Check framing, kind, partnership, schema, signer key and signature, then the body.
+
+    Every failure is an :class:`EnvelopeError` with its reason (``docs/protocol.md`` §5).
+    """
     if len(data) > MAX_STATEMENT_BYTES:
         raise EnvelopeError(Reason.OVERSIZE)
     r = Reader(data)
@@ -97,6 +109,7 @@ def verify_statement(
     event_type, context = KINDS[kind]
     if expected is not None and event_type is not expected:
         raise EnvelopeError(Reason.WRONG_KIND)
+    partnership = r.str_(64)
     signer, key_id = r.str_(64), r.str_(32)
     created = r.uvarint()
     fingerprint = r.raw(32)
@@ -104,8 +117,10 @@ def verify_statement(
     signed_end = r.position
     signature = r.raw(_crypto.SIG_BYTES)
     r.expect_end()
-    if not PARTNER_ID_RE.fullmatch(signer):
+    if not PARTNER_ID_RE.fullmatch(signer) or not PARTNER_ID_RE.fullmatch(partnership):
         raise EnvelopeError(Reason.MALFORMED_HEADER)
+    if partnership != keys.partnership:
+        raise EnvelopeError(Reason.WRONG_PARTNERSHIP)
     schema = (registry or default_registry()).by_fingerprint(fingerprint)
     if schema.event_type is not event_type:
         raise EnvelopeError(Reason.UNKNOWN_SCHEMA)
@@ -117,6 +132,7 @@ def verify_statement(
     record = schema.decode_section(MAIN_SECTION, body)
     return Statement(
         event_type=event_type,
+        partnership=partnership,
         signer=signer,
         key_id=key_id,
         created_at_ms=created,

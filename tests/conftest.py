@@ -398,6 +398,7 @@ def seal_by_rules(
         event_type,
         record,
         sender=signer or territory.identities[sender],
+        partnership=territory.partnership,
         recipients=refs(chosen),
         fallback=refs(backup),
         departement=decision.departement if departement is None else departement,

@@ -251,6 +251,7 @@ def _sealed(territory: Any, count: int, priority: Priority) -> list[bytes]:
             EventType.DANGER_DECLARATION,
             record,
             sender=territory.identities[SCHOOL],
+            partnership=territory.partnership,
             recipients=[Recipient(CRIP, crip.key_id, crip.box_pk)],
             departement="93",
             priority=priority,

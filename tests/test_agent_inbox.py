@@ -235,6 +235,7 @@ async def test_bad_deliveries_are_terminated_with_their_reason(
         EventType.DANGER_DECLARATION,
         sample_event(EventType.DANGER_DECLARATION),
         sender=demo_territory.identities[SCHOOL],
+        partnership=demo_territory.partnership,
         recipients=[_recipient(demo_territory, "ase-93")],
         departement="93",
         priority=1,
@@ -243,6 +244,7 @@ async def test_bad_deliveries_are_terminated_with_their_reason(
         EventType.REJECTION,
         sample_event(EventType.REJECTION) | {"sender": CRIP},
         signer=demo_territory.identities[SCHOOL],  # not the gateway
+        partnership=demo_territory.partnership,
     )
     for data in (bytes(tampered), not_for_us, b"RLS\x01\x09garbage", forged_rejection):
         await kit.deliver(data, to=[CRIP]) if data[4] == 1 else await _publish_raw(kit, data)
@@ -315,12 +317,14 @@ async def test_rejection_and_escalation_notices(
             sample_event(EventType.REJECTION)
             | {"event_id": rejected.event_id, "sender": GEND, "reason_code": "STALE"},
             signer=gateway_keys,
+            partnership=demo_territory.partnership,
         )
         notice = sign_statement(
             EventType.ESCALATION_NOTICE,
             sample_event(EventType.ESCALATION_NOTICE)
             | {"event_id": escalated.event_id, "sender": GEND},
             signer=gateway_keys,
+            partnership=demo_territory.partnership,
         )
         await _publish_raw(kit, rejection, partner=GEND)
         await _publish_raw(kit, notice, partner=GEND)
@@ -360,6 +364,7 @@ async def test_flash_is_served_before_a_routine_backlog(
         EventType.RUNAWAY_ALERT,
         sample_event(EventType.RUNAWAY_ALERT),
         sender=demo_territory.identities[GEND],
+        partnership=demo_territory.partnership,
         recipients=[_recipient(demo_territory, "foyer-93-horizon")],
         departement="93",
         priority=0,
@@ -395,6 +400,7 @@ async def test_key_rotation_opens_with_the_key_the_header_names(agent_kit, demo_
         "danger_declaration",
         record,
         sender=demo_territory.identities[SCHOOL],
+        partnership=demo_territory.partnership,
         recipients=[Recipient(CRIP, old.key_id, old.box_pk)],
         departement="93",
         priority=1,
@@ -403,6 +409,7 @@ async def test_key_rotation_opens_with_the_key_the_header_names(agent_kit, demo_
         "danger_declaration",
         record,
         sender=demo_territory.identities[SCHOOL],
+        partnership=demo_territory.partnership,
         recipients=[Recipient(CRIP, new.key_id, new.box_pk)],
         departement="93",
         priority=1,

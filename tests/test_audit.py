@@ -265,7 +265,9 @@ async def _run_scenario(broker, t, seal, database: Path) -> None:
         await _until(lambda: all(store.event(i) for i in ids[:5]))
         entry = {"event_id": ids[0], "state": "TAKEN_IN_CHARGE", "decline_reason": None}
         record = {"recipient": CRIP, "entries": [{**entry, "at": datetime.now(UTC)}]}
-        receipt = sign_statement(EventType.RECEIPT, record, signer=t.identities[CRIP])
+        receipt = sign_statement(
+            EventType.RECEIPT, record, signer=t.identities[CRIP], partnership=t.partnership
+        )
         await _publish(broker, CRIP, "rcpt", receipt)
         end = sample_event(
             EventType.RUNAWAY_ENDED, case_ref=ids[1], alert_sender=GEND, in_care=True

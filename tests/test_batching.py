@@ -209,6 +209,7 @@ def _sealed_for(territory: Any, partner: str, priority: Priority, event_type: Ev
         event_type,
         sample_event(event_type, addressed_to=partner),
         sender=territory.identities[CRIP],
+        partnership=territory.partnership,
         recipients=[Recipient(partner, keys.key_id, keys.box_pk)],
         departement="93",
         priority=priority,

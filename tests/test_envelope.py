@@ -57,6 +57,7 @@ def seal_referral(t: Territory, **kw: Any) -> bytes:
     record = sample_event(EventType.MEDICAL_REFERRAL, canary=CANARY)
     args: dict[str, Any] = {
         "sender": t.identities[HOSPITAL],
+        "partnership": t.partnership,
         "recipients": recipients(t, MEDICAL_RCPTS),
         "departement": "93",
         "priority": Priority.URGENT,
@@ -145,13 +146,14 @@ def test_header_holds_routing_codes_only(territory: Territory, referral: bytes) 
 
 def test_every_domain_event_round_trips(territory: Territory) -> None:
     for etype in EventType:
-        if etype in (EventType.RECEIPT, EventType.REJECTION, EventType.ESCALATION_NOTICE):
+        if etype not in EVENT_TYPES:
             continue
         record = sample_event(etype)
         data = seal(
             etype,
             record,
             sender=territory.identities[HOSPITAL],
+            partnership=territory.partnership,
             recipients=recipients(territory, (CRIP, PARQUET)),
             departement="93",
             priority=Priority.URGENT,
@@ -330,6 +332,7 @@ def test_surreptitious_forwarding_fails(territory: Territory, referral: bytes) -
         (env_mod.RecipientRef(school.partner_id, school.key_id),),
         (),
         (new_main,),
+        h.partnership,
     )
     core = env_mod._encode_core(forged_header)
     wrap = _crypto.wrap_key(key, school.box_pk, __import__("os").urandom)
@@ -367,6 +370,7 @@ def test_recipient_added_removed_or_swapped(territory: Territory, referral: byte
             tuple(sorted(refs, key=lambda r: r.partner_id)),
             h.fallback,
             h.sections,
+            h.partnership,
         )
         core = env_mod._encode_core(changed)
         _start, end = _core_bounds(referral)
@@ -412,9 +416,16 @@ def test_event_signature_presented_as_receipt(territory: Territory) -> None:
         "entries": [],
     }
     try:
-        data = sign_statement(EventType.RECEIPT, receipt, signer=crip)
+        data = sign_statement(
+            EventType.RECEIPT, receipt, signer=crip, partnership=territory.partnership
+        )
     except Exception:  # noqa: BLE001 - schema may require entries; use a sample instead
-        data = sign_statement(EventType.RECEIPT, sample_event(EventType.RECEIPT), signer=crip)
+        data = sign_statement(
+            EventType.RECEIPT,
+            sample_event(EventType.RECEIPT),
+            signer=crip,
+            partnership=territory.partnership,
+        )
     message = data[:-64]
     as_event = message + _crypto.sign(crip.sign_sk, "event", message)
     with pytest.raises(EnvelopeError) as info:
@@ -554,6 +565,7 @@ def test_seal_then_open_is_the_identity(territory: Territory, data: st.DataObjec
         etype,
         record,
         sender=territory.identities[HOSPITAL],
+        partnership=territory.partnership,
         recipients=recipients(territory, MEDICAL_RCPTS),
         departement="93",
         priority=data.draw(st.sampled_from(list(Priority))),

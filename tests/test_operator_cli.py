@@ -352,7 +352,9 @@ async def _publish(broker, partner: str, kind: str, data: bytes) -> None:
 def _receipt(t, partner: str, event_id, state: str, reason: str | None = None) -> bytes:
     entry = {"event_id": event_id, "state": state, "decline_reason": reason}
     record = {"recipient": partner, "entries": [{**entry, "at": datetime.now(UTC)}]}
-    return sign_statement(EventType.RECEIPT, record, signer=t.identities[partner])
+    return sign_statement(
+        EventType.RECEIPT, record, signer=t.identities[partner], partnership=t.partnership
+    )
 
 
 async def _until_book(conn, check) -> FlowBook:

@@ -157,7 +157,9 @@ def forge_unknown_type(t, seal):
 
 def forge_statement(t, seal):
     record = sample_event(EventType.RECEIPT, addressed_to=GEND)
-    return GEND, sign_statement(EventType.RECEIPT, record, signer=t.identities[GEND])
+    return GEND, sign_statement(
+        EventType.RECEIPT, record, signer=t.identities[GEND], partnership=t.partnership
+    )
 
 
 def forge_stale(t, seal):

@@ -83,7 +83,12 @@ def receipt(territory, partner: str, *entries, signer: str | None = None) -> byt
             for event_id, state, reason in entries
         ],
     }
-    return sign_statement(EventType.RECEIPT, record, signer=territory.identities[signer or partner])
+    return sign_statement(
+        EventType.RECEIPT,
+        record,
+        signer=territory.identities[signer or partner],
+        partnership=territory.partnership,
+    )
 
 
 async def drained(conn, stream: str, consumer: str) -> None:

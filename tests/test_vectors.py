@@ -54,6 +54,8 @@ class Drbg:
 class VectorKeys:
     """Key resolution from the vector's public keys."""
 
+    partnership = VECTORS["partnership"]
+
     def signing_key(self, partner_id: str, key_id: str, at_ms: int) -> bytes:
         entry = VECTORS["keys"].get(partner_id)
         if entry is None or entry["key_id"] != key_id:
@@ -104,6 +106,7 @@ def test_resealing_reproduces_the_bytes_exactly() -> None:
         EventType(EVENT["event_type"]),
         schema.from_json(EVENT["record"]),
         sender=identity("hopital-93-avicenne"),
+        partnership=VECTORS["partnership"],
         recipients=[Recipient(p, identity(p).key_id, identity(p).box_pk) for p in recipients],
         departement="93",
         priority=Priority.URGENT,

@@ -27,10 +27,11 @@ from relais.schemas.domain import EventType, Priority
 from relais.schemas.envelope import Recipient, open_envelope, seal, verify_envelope
 from relais.schemas.registry import default_registry, to_jsonable
 from relais.schemas.samples import sample_event
-from relais.schemas.statements import sign_statement
+from relais.schemas.statements import sign_statement, verify_statement
 
 OUT = Path(__file__).with_name("envelope_v1.json")
 NOW_MS = 1_763_159_400_000  # 2025-11-14T22:30:00Z
+PARTNERSHIP = "pilot-93"
 SENDER = "hopital-93-avicenne"
 RECIPIENTS = ("crip-93", "parquet-93-bobigny", "uaped-93-jean-verdier")
 MEDICAL_AUDIENCE = ("parquet-93-bobigny", "uaped-93-jean-verdier")
@@ -67,6 +68,7 @@ def build() -> dict[str, Any]:
         EventType.MEDICAL_REFERRAL,
         record,
         sender=keys[SENDER],
+        partnership=PARTNERSHIP,
         recipients=[Recipient(p, keys[p].key_id, keys[p].box_pk) for p in RECIPIENTS],
         departement="93",
         priority=Priority.URGENT,
@@ -96,11 +98,16 @@ def build() -> dict[str, Any]:
         )
     receipt_record = sample_event(EventType.RECEIPT, rng=random.Random(7))
     receipt = sign_statement(
-        EventType.RECEIPT, receipt_record, signer=keys["crip-93"], now_ms=NOW_MS + 5_000
+        EventType.RECEIPT,
+        receipt_record,
+        signer=keys["crip-93"],
+        partnership=PARTNERSHIP,
+        now_ms=NOW_MS + 5_000,
     )
     return {
         "description": "relais wire format v1 golden vectors; see docs/protocol.md",
         "now_ms": NOW_MS,
+        "partnership": PARTNERSHIP,
         "keys": {
             pid: {
                 "key_id": k.key_id,
@@ -125,7 +132,10 @@ def build() -> dict[str, Any]:
             "sections": sections,
         },
         "receipt": {
-            "record": to_jsonable(receipt_record),
+            # as decoded (schema defaults filled in), which is what a verifier compares
+            "record": to_jsonable(
+                verify_statement(receipt, keys=resolver, now_ms=NOW_MS + 5_000).record
+            ),
             "statement_hex": receipt.hex(),
             "signer": "crip-93",
         },
@@ -133,6 +143,8 @@ def build() -> dict[str, Any]:
 
 
 class _Resolver:
+    partnership = PARTNERSHIP
+
     def __init__(self, keys: dict[str, PartnerKeys]) -> None:
         self.keys = keys
 
