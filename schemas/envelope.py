@@ -9,7 +9,8 @@ Byte layout (normative text in ``docs/protocol.md``)::
 ``core`` names the protocol, the event, its schema fingerprint, the partnership (the
 directory's ``partnership`` id: an envelope of one partnership never verifies in another,
 even where the same keys are enrolled in both), the sender and key, priority,
-département, times, routing metadata (codes only), the sorted recipients and fallback
+département, times, the configuration edition and rules version the sender routed with,
+routing metadata (codes only), the sorted recipients and fallback
 recipients with the key id each is wrapped to, and per section its name, sorted audience,
 nonce and key commitment. The signature (context ``event``) covers everything from MAGIC up
 to the end of ``digests``: the header. The AEAD associated data of section *i* is
@@ -76,6 +77,7 @@ MAX_FALLBACK = 16
 MAX_SECTIONS = 4
 MAX_ROUTING_ENTRIES = 16
 MAX_TTL_MS = 90 * 24 * 3600 * 1000
+MAX_EDITION = 2**53 - 1  # the directory's serial cap (exact in every JSON implementation)
 DEFAULT_TTL_MS = 14 * 24 * 3600 * 1000
 DEFAULT_SKEW_MS = 5 * 60 * 1000
 _ID_CAP = 64
@@ -161,6 +163,9 @@ class EnvelopeHeader:
     fallback: tuple[RecipientRef, ...]
     sections: tuple[SectionInfo, ...]
     partnership: str
+    # The configuration edition (directory serial) and rules version the sender routed with.
+    edition: int = 0
+    rules_version: int = 0
 
     @property
     def recipient_ids(self) -> tuple[str, ...]:
@@ -232,6 +237,8 @@ def seal(
     ttl_ms: int = DEFAULT_TTL_MS,
     random: _crypto.RandomSource = os.urandom,
     event_id: uuid.UUID | None = None,
+    edition: int = 0,
+    rules_version: int = 0,
 ) -> bytes:
     """Validate, split, encrypt, wrap and sign one event; return the envelope bytes.
 
@@ -239,7 +246,9 @@ def seal(
     entitled to it (a subset of recipients and fallback); a secret section nobody is entitled
     to is left out of the envelope. The main section goes to every recipient and fallback.
     Sealing refuses a secret section whose audience is not a subset of the recipients.
-    ``partnership`` is the directory's partnership id, bound in the header.
+    ``partnership`` is the directory's partnership id, bound in the header, as are
+    ``edition`` and ``rules_version``: the configuration edition the recipients were
+    computed with.
     """
     reg = registry or default_registry()
     schema = reg.by_type(event_type)
@@ -291,6 +300,8 @@ def seal(
         fallback=tuple(RecipientRef(r.partner_id, r.key_id) for r in fb),
         sections=tuple(infos),
         partnership=partnership,
+        edition=edition,
+        rules_version=rules_version,
     )
     _check_sealable(header)
     core = _encode_core(header)
@@ -349,6 +360,7 @@ def _encode_core(h: EnvelopeHeader) -> bytes:
         h.departement
     )
     w.uvarint(h.created_at_ms).uvarint(h.expires_at_ms)
+    w.uvarint(h.edition).uvarint(h.rules_version)
     w.uvarint(len(h.routing))
     for key in sorted(h.routing):
         w.str_(key).str_(h.routing[key])
@@ -411,6 +423,7 @@ def _parse_unverified_core(core: bytes, outer: Reader | None = None) -> Envelope
         raise EnvelopeError(Reason.MALFORMED_HEADER)
     departement = r.str_(3)
     created, expires = r.uvarint(), r.uvarint()
+    edition, rules_version = r.uvarint(), r.uvarint()
     n_routing = r.count(MAX_ROUTING_ENTRIES, Reason.MALFORMED_HEADER)
     routing = {}
     keys = []
@@ -452,6 +465,8 @@ def _parse_unverified_core(core: bytes, outer: Reader | None = None) -> Envelope
         fallback=fallback,
         sections=sections,
         partnership=partnership,
+        edition=edition,
+        rules_version=rules_version,
     )
     if not PARTNER_ID_RE.fullmatch(partnership):
         raise EnvelopeError(Reason.MALFORMED_HEADER)
@@ -483,6 +498,8 @@ def _check_shape(h: EnvelopeHeader, routing_keys: list[str]) -> None:
     if set(h.sections[0].audience) != members:
         raise EnvelopeError(Reason.BAD_AUDIENCE)
     if h.expires_at_ms <= h.created_at_ms or h.expires_at_ms - h.created_at_ms > MAX_TTL_MS:
+        raise EnvelopeError(Reason.MALFORMED_HEADER)
+    if not (0 <= h.edition <= MAX_EDITION and 0 <= h.rules_version <= MAX_EDITION):
         raise EnvelopeError(Reason.MALFORMED_HEADER)
 
 

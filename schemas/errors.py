@@ -110,6 +110,11 @@ class Reason(StrEnum):
     DIRECTORY_BAD_SIGNATURE = "DIRECTORY_BAD_SIGNATURE"
     DIRECTORY_MALFORMED = "DIRECTORY_MALFORMED"
     DIRECTORY_ROLLBACK = "DIRECTORY_ROLLBACK"
+    # the configuration edition is past its expires_at (held back, or not re-signed in time)
+    DIRECTORY_EXPIRED = "DIRECTORY_EXPIRED"
+    # sealed under an earlier edition whose recipients were right then: delivered to them,
+    # the sender re-seals for the recipients the edition in force adds
+    EDITION_CHANGED = "EDITION_CHANGED"
     # key files
     KEYFILE_PERMISSIONS = "KEYFILE_PERMISSIONS"
     KEYFILE_BAD_PASSPHRASE = "KEYFILE_BAD_PASSPHRASE"  # noqa: S105 - a reason code

@@ -113,6 +113,8 @@ def test_resealing_reproduces_the_bytes_exactly() -> None:
         audiences={"medical": medical},
         now_ms=NOW_MS,
         random=Drbg(EVENT["seal_random_seed"].encode()),
+        edition=EVENT["edition"],
+        rules_version=EVENT["rules_version"],
     )
     assert data.hex() == EVENT["envelope_hex"]
 

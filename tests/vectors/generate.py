@@ -32,6 +32,8 @@ from relais.schemas.statements import sign_statement, verify_statement
 OUT = Path(__file__).with_name("envelope_v1.json")
 NOW_MS = 1_763_159_400_000  # 2025-11-14T22:30:00Z
 PARTNERSHIP = "pilot-93"
+EDITION = 7  # the configuration edition (directory serial) the sender routed with
+RULES_VERSION = 2
 SENDER = "hopital-93-avicenne"
 RECIPIENTS = ("crip-93", "parquet-93-bobigny", "uaped-93-jean-verdier")
 MEDICAL_AUDIENCE = ("parquet-93-bobigny", "uaped-93-jean-verdier")
@@ -75,6 +77,8 @@ def build() -> dict[str, Any]:
         audiences={"medical": MEDICAL_AUDIENCE},
         now_ms=NOW_MS,
         random=Drbg(b"relais vectors v1 seal"),
+        edition=EDITION,
+        rules_version=RULES_VERSION,
     )
     resolver = _Resolver(keys)
     verified = verify_envelope(data, keys=resolver, now_ms=NOW_MS)
@@ -128,6 +132,8 @@ def build() -> dict[str, Any]:
             "signature_hex": data[-64:].hex(),
             "schema_fingerprint_hex": schema.fingerprint.hex(),
             "event_id": str(verified.header.event_id),
+            "edition": verified.header.edition,
+            "rules_version": verified.header.rules_version,
             "routing": dict(verified.header.routing),
             "sections": sections,
         },
