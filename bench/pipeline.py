@@ -145,8 +145,18 @@ class Broker:
     pid: int
     client_url: str
     monitor_url: str
-    gateway_creds: Path
+    gateway_creds: Path  # the administrator's: provisioning and the bench's own observation
     sync_always: bool
+
+    @property
+    def router_creds(self) -> Path:
+        """The router role's seed file."""
+        return self.root / "creds" / "router.nk"
+
+    @property
+    def tracker_creds(self) -> Path:
+        """The tracker role's seed file."""
+        return self.root / "creds" / "tracker.nk"
 
 
 def write_world(root: Path) -> Any:
@@ -162,11 +172,11 @@ def write_world(root: Path) -> Any:
 
 async def start_broker(root: Path, territory: Any, *, sync_always: bool) -> Broker:
     """A relais nats-server (generated configuration, provisioned), as the tests start one."""
-    from relais.broker_config.embedded import provision_as_gateway, start_server
+    from relais.broker_config.embedded import provision_as_admin, start_server
     from relais.broker_config.nats_conf import (
         ServerSettings,
         build_config,
-        ensure_seed,
+        ensure_service_seeds,
         write_config,
     )
 
@@ -175,12 +185,9 @@ async def start_broker(root: Path, territory: Any, *, sync_always: bool) -> Brok
     settings = ServerSettings(
         store_dir=root / "store", ports_file_dir=root / "ports", sync_always=sync_always
     )
-    gateway_creds = root / "creds" / "gateway.nk"
+    gateway_creds = root / "creds" / "admin.nk"
     config = build_config(
-        territory.directory,
-        gateway_nkey=ensure_seed(gateway_creds),
-        operator_nkey=ensure_seed(root / "creds" / "operator.nk"),
-        settings=settings,
+        territory.directory, services=ensure_service_seeds(root / "creds"), settings=settings
     )
     write_config(root / "nats-server.json", config)
     server = await asyncio.to_thread(
@@ -190,9 +197,9 @@ async def start_broker(root: Path, territory: Any, *, sync_always: bool) -> Brok
         log_file=root / "nats-server.log",
     )
     try:
-        await provision_as_gateway(
+        await provision_as_admin(
             server.client_url,
-            gateway_creds=gateway_creds,
+            admin_creds=gateway_creds,
             monitor_url=server.monitor_url,
             directory=territory.directory,
             allow_unsafe=not sync_always,
@@ -348,7 +355,8 @@ async def worker_gateway(spec: dict[str, Any]) -> None:
     settings = load_settings(
         nats_url=spec["client_url"],
         monitor_url=spec["monitor_url"],
-        creds=spec["gateway_creds"],
+        router_creds=spec["router_creds"],
+        tracker_creds=spec["tracker_creds"],
         key_file=world / "keys" / "gateway.key",
         passphrase_file=world / "passphrase",
         directory_file=world / "directory.json",
@@ -866,6 +874,8 @@ class Pipeline:
             "client_url": self.broker.client_url,
             "monitor_url": self.broker.monitor_url,
             "gateway_creds": str(self.broker.gateway_creds),
+            "router_creds": str(self.broker.router_creds),
+            "tracker_creds": str(self.broker.tracker_creds),
             "sync_always": self.broker.sync_always,
             "data_dir": str(self.work / role),
             "log": str(self.work / f"{role}.log"),

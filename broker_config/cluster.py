@@ -6,7 +6,7 @@ an acknowledged message is on the disks of a majority. This module writes the co
 of ``n`` nodes on one host::
 
     <out>/cluster.json        the layout: ports and route credentials (0600), reused on re-runs
-    <out>/creds/gateway.nk    service users' seeds (0600), shared by the nodes
+    <out>/creds/<service>.nk  service users' seeds (admin, router, tracker, operator; 0600)
     <out>/creds/operator.nk
     <out>/n1.json ...         one nats-server configuration per node (0600)
     <out>/n1/store, n1/ports  each node's JetStream store and ports file directory
@@ -35,8 +35,10 @@ from relais.broker_config.directory import Directory
 from relais.broker_config.nats_conf import (
     ClusterSettings,
     ServerSettings,
+    Service,
     build_config,
-    ensure_seed,
+    ensure_service_seeds,
+    service_seed_file,
     write_config,
     write_private_file,
 )
@@ -67,8 +69,21 @@ class ClusterLayout:
     """The generated cluster: its nodes and the service users' seed files."""
 
     nodes: tuple[ClusterNode, ...]
-    gateway_creds: Path
-    operator_creds: Path
+    creds_dir: Path
+
+    def creds(self, service: Service) -> Path:
+        """The seed file of a service identity (``admin``, ``router``, ...)."""
+        return service_seed_file(self.creds_dir, service)
+
+    @property
+    def admin_creds(self) -> Path:
+        """The provisioning administrator's seed file."""
+        return self.creds(Service.ADMIN)
+
+    @property
+    def operator_creds(self) -> Path:
+        """The read-only operator's seed file."""
+        return self.creds(Service.OPERATOR)
 
     @property
     def client_urls(self) -> list[str]:
@@ -179,15 +194,11 @@ def write_cluster_configs(
         raise ConfigError("a JetStream cluster has 3 or 5 nodes")
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     layout = _layout(out_dir, nodes, base_port)
-    gateway_creds = out_dir / "creds" / "gateway.nk"
-    operator_creds = out_dir / "creds" / "operator.nk"
-    gateway_nkey, operator_nkey = ensure_seed(gateway_creds), ensure_seed(operator_creds)
+    services = ensure_service_seeds(out_dir / "creds")
     generated = []
     for node in layout["nodes"]:
         settings, described = _node_settings(out_dir, layout, node, sync_always=sync_always)
-        config = build_config(
-            directory, gateway_nkey=gateway_nkey, operator_nkey=operator_nkey, settings=settings
-        )
+        config = build_config(directory, services=services, settings=settings)
         write_config(described.config_file, config)
         generated.append(described)
-    return ClusterLayout(tuple(generated), gateway_creds, operator_creds)
+    return ClusterLayout(tuple(generated), out_dir / "creds")

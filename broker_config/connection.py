@@ -41,7 +41,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import re
+import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ from typing import Any, Final
 
 import httpx
 import nats.errors
+import nkeys
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -63,10 +66,14 @@ from relais.broker_config.nats_conf import read_seed_public_key
 from relais.schemas.errors import ConfigError, PermissionDenied, Reason, TransportError
 
 __all__ = [
+    "STORAGE_LIMIT_CODES",
     "Connection",
     "Denial",
     "PubAck",
+    "UserCredentials",
     "connect",
+    "is_creds_file",
+    "read_user_credentials",
     "require_sync_always",
     "translate_error",
 ]
@@ -79,10 +86,14 @@ _AUTH_VIOLATION = "authorization violation"
 _PULL_GRACE = 2.0  # beyond a pull's own expiry before the server is presumed gone
 _MAX_DENIALS_KEPT = 100
 _MAX_FETCH_BATCH = 10_000
+_MAX_CREDS_FILE_BYTES = 16 * 1024
 _ACK: Final = b"+ACK"
 _NAK: Final = b"-NAK"
 _TERM: Final = b"+TERM"
 _WPI: Final = b"+WPI"
+# JetStream's "maximum messages/bytes (per subject) exceeded" (discard: new): a full stream or
+# a partner over its share of one (broker_config.streams.StorageLimits).
+STORAGE_LIMIT_CODES: Final = frozenset({10077})
 
 _log = structlog.get_logger(__name__)
 
@@ -114,7 +125,8 @@ def translate_error(exc: BaseException, what: str) -> TransportError:
         return TransportError(f"{what}: no responders", reason=Reason.BROKER_ERROR)
     if isinstance(exc, APIError):
         code, description = getattr(exc, "err_code", None), getattr(exc, "description", "")
-        return TransportError(f"{what}: JetStream error {code}: {description}")
+        reason = Reason.STORAGE_LIMIT if code in STORAGE_LIMIT_CODES else Reason.BROKER_ERROR
+        return TransportError(f"{what}: JetStream error {code}: {description}", reason=reason)
     not_connected = (
         nats.errors.ConnectionClosedError,
         nats.errors.ConnectionReconnectingError,
@@ -250,16 +262,13 @@ class Connection:
             if self._closer is None and not self._closing:
                 self._closer = asyncio.get_running_loop().create_task(self.close())
             return
-        _log.warning("nats.error", connection=self._name, error=type(exc).__name__)
+        # While connecting, each refused attempt is an error here; connect() reports the
+        # outcome once, at its deadline: one line, not one warning per attempt.
+        log = _log.debug if self._auth_failed is not None else _log.warning
+        log("nats.error", connection=self._name, error=type(exc).__name__)
 
     def _denied(self, denial: Denial) -> None:
         self._denials.append(denial)
-        _log.warning(
-            "nats.permission_denied",
-            connection=self._name,
-            operation=denial.operation,
-            subject=denial.subject,
-        )
         claimed = False
         for future, subject in self._waiters.pop((denial.operation, denial.subject.lower()), []):
             if not future.done():
@@ -269,6 +278,15 @@ class Connection:
         if denial.operation == "publish" and pull is not None and pull.open:
             pull.end_all(self._denied_error(Denial(denial.operation, pull.api_subject)))
             claimed = True
+        # A claimed denial is raised to its caller, who reports it: logged here only once
+        # nobody waited for it (a command prints one line, not a warning and an error).
+        log = _log.debug if claimed else _log.warning
+        log(
+            "nats.permission_denied",
+            connection=self._name,
+            operation=denial.operation,
+            subject=denial.subject,
+        )
         if not claimed:
             self._unclaimed.append(denial)
 
@@ -330,7 +348,7 @@ class Connection:
     # -- connection --------------------------------------------------------------------------
 
     async def _open(
-        self, servers: list[str], creds: Path, *, connect_timeout: float, **options: Any
+        self, servers: list[str], auth: dict[str, Any], *, connect_timeout: float, **options: Any
     ) -> None:
         loop = asyncio.get_running_loop()
         self._auth_failed = loop.create_future()
@@ -338,7 +356,6 @@ class Connection:
             self._nc.connect(
                 servers=servers,
                 name=self._name,
-                nkeys_seed=str(creds),
                 inbox_prefix=self._inbox,
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
@@ -346,6 +363,7 @@ class Connection:
                 closed_cb=self._on_closed,
                 allow_reconnect=True,
                 connect_timeout=max(1, round(connect_timeout)),
+                **auth,
                 **options,
             )
         )
@@ -668,7 +686,8 @@ def _answer(msg: Msg, subject: str) -> dict[str, Any]:
     error = answer.get("error")
     if error:
         code = error.get("err_code") if isinstance(error, dict) else None
-        raise TransportError(f"{subject}: JetStream error {code}")
+        reason = Reason.STORAGE_LIMIT if code in STORAGE_LIMIT_CODES else Reason.BROKER_ERROR
+        raise TransportError(f"{subject}: JetStream error {code}", reason=reason)
     return answer
 
 
@@ -678,6 +697,76 @@ def _forward_failure(watched: asyncio.Future[Any], target: asyncio.Future[Msg]) 
     exc = watched.exception()
     if exc is not None:
         target.set_exception(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class UserCredentials:
+    """What a NATS ``.creds`` file holds: the user's seed, and whether it has a user JWT."""
+
+    public_key: str
+    has_jwt: bool
+    seed: str = field(repr=False)
+
+
+_CREDS_BLOCK_RE: Final = re.compile(
+    r"-{3,}BEGIN (NATS USER JWT|USER NKEY SEED)-{3,}\s*\n\s*(\S+)\s*\n\s*-{3,}END \1-{3,}"
+)
+_SEED_BLOCK: Final = "BEGIN USER NKEY SEED"
+
+
+def _read_private(path: Path) -> str:
+    """A small credential file's text, refusing one that group or others may access."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            raise ConfigError(f"{path} is accessible to group or others (must be 0600)")
+        data = os.read(fd, _MAX_CREDS_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_CREDS_FILE_BYTES:
+        raise ConfigError(f"{path} is too large for a credential file")
+    return data.decode("ascii", "replace")
+
+
+def is_creds_file(path: Path) -> bool:
+    """True for a NATS ``.creds`` file (it has a seed block), False for anything else."""
+    return _SEED_BLOCK in _read_private(path)
+
+
+def read_user_credentials(path: Path) -> UserCredentials:
+    """Read a NATS ``.creds`` file (natscli's format), refusing one group or others may read.
+
+    The file must hold a ``USER NKEY SEED`` block; a ``NATS USER JWT`` block is optional:
+    relais's generated broker authenticates users by nkey, so its ``.creds`` files carry
+    the seed block only (a bare seed file is :func:`read_seed_public_key`'s).
+    """
+    blocks = {m.group(1): m.group(2) for m in _CREDS_BLOCK_RE.finditer(_read_private(path))}
+    seed = blocks.get("USER NKEY SEED")
+    if seed is None:
+        raise ConfigError(f"{path} is not a NATS .creds file (no USER NKEY SEED block)")
+    try:
+        public = nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+    except (nkeys.ErrInvalidSeed, nkeys.ErrInvalidPrefixByte, ValueError) as exc:
+        raise ConfigError(f"{path}: its seed block is not a NATS user nkey seed") from exc
+    if not public.startswith("U"):
+        raise ConfigError(f"{path}: its seed block is not a NATS user nkey seed")
+    return UserCredentials(public, "NATS USER JWT" in blocks, seed)
+
+
+def _auth_options(creds: Path) -> dict[str, Any]:
+    """nats-py's options for a bare seed file or a ``.creds`` file (checked first)."""
+    if not is_creds_file(creds):
+        read_seed_public_key(creds)
+        return {"nkeys_seed": str(creds)}
+    read = read_user_credentials(creds)
+    if read.has_jwt:  # JWT authentication (a broker in operator mode)
+        return {"user_credentials": str(creds)}
+    # nats-py reads a .creds file only with a JWT (without one it loops for ever looking for
+    # it): a seed-only file authenticates by nkey, as a seed file does.
+    return {"nkeys_seed_str": read.seed}
 
 
 async def connect(
@@ -691,7 +780,8 @@ async def connect(
     max_reconnect_attempts: int = -1,
     reconnect_time_wait: float = 0.5,
 ) -> Connection:
-    """Connect with a user nkey seed file and return a :class:`Connection`.
+    """Connect with ``creds``, a user nkey seed file or a NATS ``.creds`` file (see
+    :func:`read_user_credentials`), and return a :class:`Connection`.
 
     ``creds`` must be mode 0600 (:class:`ConfigError` otherwise). ``inbox_prefix`` must be the
     one the user may subscribe to (``_INBOX_<partner id>``, ``_INBOX__gateway``...): the reply
@@ -700,12 +790,12 @@ async def connect(
     (``NOT_CONNECTED``) after ``connect_timeout`` seconds; once connected, reconnection is
     automatic (forever by default).
     """
-    read_seed_public_key(creds)
+    auth = _auth_options(creds)
     urls = [servers] if isinstance(servers, str) else list(servers)
     conn = Connection(inbox_prefix=inbox_prefix, name=name, request_timeout=request_timeout)
     await conn._open(
         urls,
-        creds,
+        auth,
         connect_timeout=connect_timeout,
         max_reconnect_attempts=max_reconnect_attempts,
         reconnect_time_wait=reconnect_time_wait,

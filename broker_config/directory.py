@@ -63,6 +63,7 @@ from pydantic_core import PydanticCustomError
 from relais.schemas import _crypto
 from relais.schemas.domain import PARTNER_ID_RE, PartnerKind
 from relais.schemas.errors import ConfigError, DirectoryError, EnvelopeError, Reason
+from relais.schemas.strict_json import JsonLimits, check_bounds, loads_bounded
 
 __all__ = [
     "DEPARTEMENTS",
@@ -117,6 +118,16 @@ _B32_TO_INT_DIGITS = str.maketrans(
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _OUTER_MEMBERS = frozenset({"format", "signed", "root_key_id", "signature"})
+# Work caps before parsing. A partner is about 4 containers (itself, its départements, its
+# keys, a key) and 20 values; the caps allow that on average for MAX_PARTNERS partners, so
+# no document costs more to refuse than the largest directory costs to load (63 MiB of
+# ``[{},{},...]``, 21 million objects, is refused by a byte count).
+_LIMITS: Final = JsonLimits(
+    max_bytes=MAX_DIRECTORY_BYTES,
+    max_containers=64 + 4 * MAX_PARTNERS,
+    max_values=4096 + 24 * MAX_PARTNERS,
+    max_depth=None,  # the models fix the shape; the parser's own recursion limit is caught
+)
 
 # INSEE codes of the départements: 01-19, 21-95 (no 20 since 1976), 2A, 2B, and the
 # overseas départements 971-974 and 976 (975, Saint-Pierre-et-Miquelon, is a collectivité).
@@ -518,13 +529,26 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _check_cost(data: bytes | str) -> bytes:
+    """The document's bytes, refused before parsing when over the caps (``_LIMITS``)."""
+    if isinstance(data, str):
+        if len(data) > MAX_DIRECTORY_BYTES:
+            _malformed("directory too large")
+        try:
+            data = data.encode("utf-8")
+        except UnicodeError as exc:
+            raise DirectoryError("not UTF-8", reason=Reason.DIRECTORY_MALFORMED) from exc
+    check_bounds(data, _LIMITS, _malformed_error)
+    return data
+
+
 def parse_directory(data: bytes | str) -> Directory:
     """Validate an unsigned directory document (JSON of the ``signed`` object).
 
-    Strict: no type coercion. For a signed file use :func:`verify_directory`.
+    Strict: no type coercion. For a signed file use :func:`verify_directory`. Refused before
+    parsing when over the size, container or value caps (``DIRECTORY_MALFORMED``).
     """
-    if len(data) > MAX_DIRECTORY_BYTES:
-        raise DirectoryError("directory too large", reason=Reason.DIRECTORY_MALFORMED)
+    data = _check_cost(data)
     try:
         with _gc_paused():
             return Directory.model_validate_json(data, strict=True)
@@ -573,27 +597,13 @@ def _malformed(message: str) -> NoReturn:
     raise DirectoryError(message, reason=Reason.DIRECTORY_MALFORMED)
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise ValueError("duplicate member")
-    return members
-
-
-def _no_floats(text: str) -> NoReturn:
-    raise ValueError("floats and constants are not allowed")
+def _malformed_error(why: str) -> DirectoryError:
+    return DirectoryError(f"directory refused: {why}", reason=Reason.DIRECTORY_MALFORMED)
 
 
 def _loads_strict(data: bytes) -> Any:
-    try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_unique_members,
-            parse_float=_no_floats,
-            parse_constant=_no_floats,
-        )
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError included
-        raise DirectoryError("not a JSON document", reason=Reason.DIRECTORY_MALFORMED) from exc
+    # Caps before parsing, then strict JSON (duplicate members, floats, NaN refused).
+    return loads_bounded(data, _LIMITS, _malformed_error)
 
 
 def _parse_unverified(data: bytes) -> tuple[dict[str, Any], str, bytes]:
@@ -615,7 +625,7 @@ def _parse_unverified(data: bytes) -> tuple[dict[str, Any], str, bytes]:
         _malformed("partners missing or too many")
     try:
         raw_signature = base64.b64decode(signature, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, and non-ASCII text (a bare ValueError)
         raw_signature = b""
     return signed, root_key_id, raw_signature
 

@@ -4,12 +4,16 @@ Data directory (mode 0700)::
 
     nats-server.json     the generated configuration (0600, rewritten on reload)
     store/               the JetStream store
-    creds/gateway.nk     gateway user seed (0600), created on first start
+    creds/admin.nk       provisioning administrator seed (0600), created on first start;
+                         used by ``relais broker up|reload|provision`` only
+    creds/router.nk      the router role's seed (0600)
+    creds/tracker.nk     the tracker role's seed (tracker, checkpointer, directory publisher)
     creds/operator.nk    read-only operator user seed (0600)
     ports/               nats-server writes ``<exe>_<pid>.ports`` (the real ports) here
     nats-server.pid      pid of the detached server
     nats-server.log      its log (appended)
     broker.json          where it listens, for ``status``, ``reload`` and ``down``
+    storage.json         the streams' storage limits, fitted to the disk at the first start
     directory.json       the signed directory in use, and root.pub the root key it verifies against
     lock                 flock(2) held by the running server
 
@@ -35,6 +39,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -51,16 +56,19 @@ from relais.broker_config.nats_conf import (
     GATEWAY_INBOX,
     OPERATOR_INBOX,
     ServerSettings,
+    Service,
     build_config,
     check_config,
-    ensure_seed,
+    ensure_service_seeds,
     nats_server_binary,
+    service_seed_file,
     write_config,
     write_private_file,
 )
 from relais.broker_config.streams import (
     ConsumerStatus,
     ProvisionReport,
+    StorageLimits,
     StreamStatus,
     inspect,
     provision,
@@ -77,7 +85,7 @@ __all__ = [
     "broker_status",
     "broker_up",
     "is_alive",
-    "provision_as_gateway",
+    "provision_as_admin",
     "read_info",
     "running_pid",
     "signal_reload",
@@ -112,10 +120,24 @@ class BrokerPaths:
         """Service users' seed files."""
         return self.data_dir / "creds"
 
+    def service_creds(self, service: Service) -> Path:
+        """The seed file of a service identity."""
+        return service_seed_file(self.creds_dir, service)
+
     @property
-    def gateway_creds(self) -> Path:
-        """The gateway user's seed file."""
-        return self.creds_dir / "gateway.nk"
+    def admin_creds(self) -> Path:
+        """The provisioning administrator's seed file (never given to the gateway)."""
+        return self.service_creds(Service.ADMIN)
+
+    @property
+    def router_creds(self) -> Path:
+        """The router role's seed file."""
+        return self.service_creds(Service.ROUTER)
+
+    @property
+    def tracker_creds(self) -> Path:
+        """The tracker role's seed file."""
+        return self.service_creds(Service.TRACKER)
 
     @property
     def operator_creds(self) -> Path:
@@ -409,6 +431,23 @@ def _load_directory(
     return verify_directory(signed, root_public_key, min_serial=min_serial)
 
 
+def _storage_limits(paths: BrokerPaths) -> StorageLimits:
+    """The streams' limits of this data directory: fitted to the disk once, then kept.
+
+    Kept in ``storage.json`` so that a reload never lowers a limit because the disk filled.
+    """
+    path = paths.data_dir / "storage.json"
+    try:
+        return StorageLimits.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is damaged") from exc
+    limits = StorageLimits().fitted(shutil.disk_usage(paths.store_dir).free)
+    write_private_file(path, limits.model_dump_json(indent=2).encode() + b"\n")
+    return limits
+
+
 def _store_directory(paths: BrokerPaths, signed: bytes, root_public_key: bytes) -> None:
     write_private_file(paths.directory_file, signed)
     write_private_file(paths.root_key_file, base64.b64encode(root_public_key) + b"\n")
@@ -421,10 +460,7 @@ def _write_server_config(
         store_dir=paths.store_dir, ports_file_dir=paths.ports_dir, sync_always=sync_always
     )
     config = build_config(
-        directory,
-        gateway_nkey=ensure_seed(paths.gateway_creds),
-        operator_nkey=ensure_seed(paths.operator_creds),
-        settings=settings,
+        directory, services=ensure_service_seeds(paths.creds_dir), settings=settings
     )
     # Checked before it replaces the configuration in use: a refused file must not be left
     # for the next start.
@@ -437,22 +473,27 @@ def _write_server_config(
         candidate.unlink(missing_ok=True)
 
 
-async def provision_as_gateway(
+async def provision_as_admin(
     servers: str | list[str],
     *,
-    gateway_creds: Path,
+    admin_creds: Path,
     monitor_url: str,
     directory: Directory | None,
     allow_unsafe: bool = False,
     replicas: int = 1,
+    limits: StorageLimits | None = None,
 ) -> ProvisionReport:
-    """Check durability, connect as the gateway user and provision streams and consumers."""
+    """Check durability, connect as the administrator and provision streams and consumers.
+
+    ``limits``: the streams' storage limits (default: :class:`StorageLimits` fitted to the
+    free space of this machine's disk, for an embedded broker).
+    """
     await require_sync_always(monitor_url, allow_unsafe=allow_unsafe)
     conn = await connect(
-        servers, creds=gateway_creds, inbox_prefix=GATEWAY_INBOX, name="relais-provision"
+        servers, creds=admin_creds, inbox_prefix=GATEWAY_INBOX, name="relais-provision"
     )
     try:
-        return await provision(conn.jetstream(), directory, replicas=replicas)
+        return await provision(conn.jetstream(), directory, replicas=replicas, limits=limits)
     finally:
         await conn.close()
 
@@ -505,12 +546,13 @@ async def broker_up(
         server = await asyncio.to_thread(
             wait_ready, pid, ports_dir=paths.ports_dir, timeout=ready_timeout
         )
-        report = await provision_as_gateway(
+        report = await provision_as_admin(
             server.client_url,
-            gateway_creds=paths.gateway_creds,
+            admin_creds=paths.admin_creds,
             monitor_url=server.monitor_url,
             directory=verified,
             allow_unsafe=not sync_always,
+            limits=_storage_limits(paths),
         )
         if directory is not None and root_public_key is not None:
             _store_directory(paths, directory, root_public_key)
@@ -572,15 +614,22 @@ async def signal_reload(pid: int, monitor_url: str, *, ready_timeout: float = 30
     ``config_load_time`` changes. A configuration the server refuses leaves the old one in
     force and ends in :class:`TransportError` (``TIMEOUT``): check it with
     :func:`~relais.broker_config.nats_conf.check_config` first.
+
+    The server is made to reload twice: nats-server 2.15.1 does not wire the service imports
+    of an account that a reload adds (its clients get "no responders" from the hub; see also
+    nats-server issue 8560) until the next reload, which finds the account in place. A
+    second reload of the same file changes nothing else, and a test checks that a partner
+    enrolled by a reload works at once.
     """
+    deadline = time.monotonic() + ready_timeout
     try:
-        before = await _config_load_time(monitor_url)
-        os.kill(pid, signal.SIGHUP)
-        deadline = time.monotonic() + ready_timeout
-        while await _config_load_time(monitor_url) == before:
-            if time.monotonic() > deadline:
-                raise TransportError("the server did not reload", reason=Reason.TIMEOUT)
-            await asyncio.sleep(0.02)
+        for _ in range(2):
+            before = await _config_load_time(monitor_url)
+            os.kill(pid, signal.SIGHUP)
+            while await _config_load_time(monitor_url) == before:
+                if time.monotonic() > deadline:
+                    raise TransportError("the server did not reload", reason=Reason.TIMEOUT)
+                await asyncio.sleep(0.02)
     except (httpx.HTTPError, ValueError, ProcessLookupError) as exc:
         raise TransportError("cannot reload the server", reason=Reason.NOT_CONNECTED) from exc
 
@@ -610,12 +659,13 @@ async def broker_reload(
     _write_server_config(paths, verified, sync_always=info.sync_always)
     await signal_reload(pid, info.monitor_url, ready_timeout=ready_timeout)
     _store_directory(paths, directory, root_public_key)
-    report = await provision_as_gateway(
+    report = await provision_as_admin(
         info.client_url,
-        gateway_creds=paths.gateway_creds,
+        admin_creds=paths.admin_creds,
         monitor_url=info.monitor_url,
         directory=verified,
         allow_unsafe=not info.sync_always,
+        limits=_storage_limits(paths),
     )
     _log.info("broker.reloaded", pid=pid, serial=verified.serial if verified else None)
     return report

@@ -11,11 +11,20 @@ Streams (file storage, limits retention)::
     ADVISORIES  $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>   90 days
     SEEN        ref.seen.<event id>                   router's replay store: one per id, 8 days
 
-Records streams deny delete and purge. Message schedules, per-message TTL and delete markers
-are never enabled on them: a stream with schedules silently stops honouring ``deny_purge``,
-and nats-server cannot turn TTLs off again once on. No ``max_age`` is set on records
-streams: retention is the partnership's decision, made here (``StreamSpec.max_age``, applied
-by the next :func:`provision` as an update; ``deny_purge`` does not prevent expiry by age).
+Records streams deny delete and purge, and refuse new messages when full (``discard: new``,
+never an old record dropped to make room): every stream has a byte limit, and INGRESS and
+RECEIPTS cap the messages each partner may hold there (``max_msgs_per_subject`` with
+``discard_new_per_subject``: the subject is the partner's own), so that one partner cannot fill
+the store for the others; the limits are :class:`StorageLimits`. A publisher over its limit gets
+a JetStream error that the connection reports as ``STORAGE_LIMIT``.
+
+Message schedules, per-message TTL and delete markers are never enabled on them: a stream with
+schedules silently stops honouring ``deny_purge``, and nats-server cannot turn TTLs off again
+once on. The ``max_age`` of INGRESS, DELIVERY, RECEIPTS, QUARANTINE and AUDIT is the
+partnership's decision, signed in the directory
+(:class:`~relais.broker_config.retention.Retention`, :func:`with_retention`) and applied by
+the next :func:`provision` as an update (``deny_purge`` does not prevent expiry by age); a
+``max_age`` below the duplicate window shrinks that window to it (nats-server requires it).
 Changes made by hand to a managed field are reverted by :func:`provision`.
 
 ``SEEN`` is not a record: it holds, for each event id the router accepted, the ingress
@@ -42,6 +51,7 @@ and their messages are kept for the records.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -61,10 +71,12 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError
 from nats.js.manager import JetStreamManager
+from pydantic import BaseModel, ConfigDict, Field
 
+from relais.broker_config.accounts import delivery_consumer_name
 from relais.broker_config.connection import Connection, translate_error
 from relais.broker_config.directory import Directory
-from relais.broker_config.nats_conf import delivery_consumer_name
+from relais.broker_config.retention import Retention
 from relais.schemas.domain import Priority
 from relais.schemas.errors import ConfigError
 
@@ -78,6 +90,7 @@ __all__ = [
     "ConsumerSpec",
     "ConsumerStatus",
     "ProvisionReport",
+    "StorageLimits",
     "StreamSpec",
     "StreamStatus",
     "consumers_for",
@@ -85,6 +98,7 @@ __all__ = [
     "partner_consumers",
     "provision",
     "stream",
+    "with_retention",
 ]
 
 DUPLICATE_WINDOW: Final = 2 * 3600.0
@@ -109,19 +123,30 @@ class StreamSpec:
     allow_atomic: bool = False
     max_msgs_per_subject: int = -1
     max_age: float = 0.0
+    # The per-partner cap (StorageLimits.partner_messages) applies to this stream.
+    per_partner: bool = False
 
-    def config(self, *, replicas: int = 1) -> StreamConfig:
-        """The nats-py stream configuration with ``replicas`` copies."""
+    def config(self, *, replicas: int = 1, limits: StorageLimits | None = None) -> StreamConfig:
+        """The nats-py stream configuration with ``replicas`` copies and storage ``limits``."""
+        limits = limits or StorageLimits()
+        per_subject = self.max_msgs_per_subject
+        if self.per_partner:
+            per_subject = limits.partner_messages
         return StreamConfig(
             name=self.name,
             description=self.description,
             subjects=list(self.subjects),
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+            # A full records stream refuses the new message; the others drop their oldest.
+            discard=DiscardPolicy.NEW if self.records else DiscardPolicy.OLD,
+            discard_new_per_subject=self.per_partner,
+            max_bytes=limits.max_bytes(self.name),
             num_replicas=replicas,
-            duplicate_window=self.duplicate_window,
-            max_msgs_per_subject=self.max_msgs_per_subject,
+            duplicate_window=(
+                min(self.duplicate_window, self.max_age) if self.max_age else self.duplicate_window
+            ),
+            max_msgs_per_subject=per_subject,
             max_age=self.max_age,
             deny_delete=self.records,
             deny_purge=self.records,
@@ -175,15 +200,68 @@ class ConsumerSpec:
         )
 
 
+_MIB: Final = 1 << 20
+
+
+class StorageLimits(BaseModel):
+    """Bytes per stream and messages per partner (see the module docstring).
+
+    The defaults suit a département (some thousands of referrals a year); the sum of the byte
+    limits is reserved by JetStream and must fit in the server's ``max_file_store``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stream_bytes: dict[str, int] = Field(
+        default_factory=lambda: {
+            "INGRESS": 2048 * _MIB,
+            "DELIVERY": 4096 * _MIB,
+            "RECEIPTS": 1024 * _MIB,
+            "AUDIT": 1024 * _MIB,
+            "QUARANTINE": 512 * _MIB,
+            "DIRECTORY": 64 * _MIB,
+            "ADVISORIES": 128 * _MIB,
+            "SEEN": 256 * _MIB,
+        }
+    )
+    # Messages one partner may hold on its own subject of INGRESS and of RECEIPTS.
+    partner_messages: int = Field(default=200_000, ge=100)
+
+    def max_bytes(self, stream_name: str) -> int:
+        """The byte limit of ``stream_name`` (-1: none)."""
+        return self.stream_bytes.get(stream_name, -1)
+
+    @property
+    def total_bytes(self) -> int:
+        """What JetStream reserves for all the streams together."""
+        return sum(v for v in self.stream_bytes.values() if v > 0)
+
+    def fitted(self, available: int, *, share: float = 0.5) -> StorageLimits:
+        """These limits, scaled down if they exceed ``share`` of ``available`` bytes."""
+        budget = int(available * share)
+        if self.total_bytes <= budget:
+            return self
+        return self.scaled(budget / self.total_bytes)
+
+    def scaled(self, factor: float) -> StorageLimits:
+        """The same limits multiplied by ``factor`` (small brokers, tests)."""
+        return StorageLimits(
+            stream_bytes={k: max(_MIB, int(v * factor)) for k, v in self.stream_bytes.items()},
+            partner_messages=max(100, int(self.partner_messages * factor)),
+        )
+
+
 STREAMS: Final[tuple[StreamSpec, ...]] = (
-    StreamSpec("INGRESS", ("ref.in.*",), "sealed events published by partners"),
+    StreamSpec("INGRESS", ("ref.in.*",), "sealed events published by partners", per_partner=True),
     StreamSpec(
         "DELIVERY",
         ("ref.out.*.FLASH", "ref.out.*.URGENT", "ref.out.*.ROUTINE"),
         "routed copies, one per recipient and priority",
         allow_atomic=True,
     ),
-    StreamSpec("RECEIPTS", ("ref.rcpt.*",), "signed receipts published by partners"),
+    StreamSpec(
+        "RECEIPTS", ("ref.rcpt.*",), "signed receipts published by partners", per_partner=True
+    ),
     StreamSpec(
         "AUDIT",
         ("ref.audit.>",),
@@ -255,6 +333,16 @@ SERVICE_CONSUMERS: Final[tuple[ConsumerSpec, ...]] = (
 )
 # Streams whose consumers provision() looks after (and reports when undeclared).
 _CONSUMER_STREAMS: Final = ("INGRESS", "RECEIPTS", "AUDIT", "DELIVERY")
+
+
+def with_retention(retention: Retention | None) -> tuple[StreamSpec, ...]:
+    """:data:`STREAMS` with the ``max_age`` that ``retention`` gives (default: the defaults)."""
+    limits = retention or Retention()
+    out = []
+    for spec in STREAMS:
+        max_age = limits.stream_max_age(spec.name)
+        out.append(spec if max_age is None else dataclasses.replace(spec, max_age=max_age))
+    return tuple(out)
 
 
 def stream(name: str) -> StreamSpec:
@@ -331,6 +419,8 @@ _STREAM_FIELDS = (
     "retention",
     "storage",
     "discard",
+    "discard_new_per_subject",
+    "max_bytes",
     "num_replicas",
     "duplicate_window",
     "max_msgs_per_subject",
@@ -448,20 +538,25 @@ async def _ensure_consumer(
 
 
 async def provision(
-    js: JetStreamManager, directory: Directory | None, *, replicas: int = 1
+    js: JetStreamManager,
+    directory: Directory | None,
+    *,
+    replicas: int = 1,
+    limits: StorageLimits | None = None,
 ) -> ProvisionReport:
     """Create or update every stream and consumer for ``directory`` (idempotent).
 
-    ``js`` must be a JetStream context of the gateway user (the only one allowed to
+    ``js`` must be a JetStream context of the administrator (the only identity allowed to
     administer JetStream). ``directory`` must be verified; ``None`` provisions streams and
     service consumers only. ``replicas``: 1 for a single server, 3 for a production cluster.
+    ``limits``: :class:`StorageLimits` (default: the defaults).
     Raises :class:`TransportError` when the broker cannot be reached or refuses to create.
     """
     if replicas not in (1, 3, 5):
         raise ConfigError("replicas must be 1, 3 or 5")
     report = ProvisionReport()
-    for stream_spec in STREAMS:
-        await _ensure_stream(js, stream_spec.config(replicas=replicas), report)
+    for stream_spec in with_retention(directory.retention if directory is not None else None):
+        await _ensure_stream(js, stream_spec.config(replicas=replicas, limits=limits), report)
     wanted = consumers_for(directory)
     for stream_name in _CONSUMER_STREAMS:
         existing = await _existing_consumers(js, stream_name)

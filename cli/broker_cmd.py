@@ -34,6 +34,7 @@ from relais.broker_config.embedded import (
     broker_up,
 )
 from relais.broker_config.streams import ProvisionReport
+from relais.cli._checks import broker_check
 from relais.cli._common import (
     EXIT_FAILURE,
     EXIT_UNREACHABLE,
@@ -138,7 +139,10 @@ def up(
     typer.echo(f"nats-server running (pid {info.pid})")
     typer.echo(f"  client:      {info.client_url}")
     typer.echo(f"  monitoring:  {info.monitor_url}")
-    typer.echo(f"  credentials: {info.creds_dir} (gateway.nk, operator.nk)")
+    typer.echo(
+        f"  credentials: {info.creds_dir} (router.nk, tracker.nk for the gateway; operator.nk;"
+        " admin.nk for provisioning only)"
+    )
     typer.echo(f"  fsync every write: {'yes' if info.sync_always else 'NO (development only)'}")
     for line in _report_lines(report):
         typer.echo(line)
@@ -180,12 +184,19 @@ def status(
     ] = None,
     timeout: TimeoutOption = 5.0,
     as_json: JsonOption = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Nagios-style: one line; exit 0 OK, 1 WARNING, 2 CRITICAL."),
+    ] = False,
 ) -> None:
     """Health, fsync setting, streams and consumers (as the read-only operator user)."""
     with reported_errors():
         if data_dir is not None and monitor is not None:
             raise ConfigError("--monitor goes with -s, not with --data-dir")
         target = broker_target(ctx, server, creds, data_dir)
+    if check:
+        broker_check(target, target.monitor_url or monitor, timeout)
+    with reported_errors():
         result = asyncio.run(
             broker_status(
                 target.url,
@@ -270,8 +281,8 @@ def cluster_config(
         for n in layout.nodes
     ]
     if as_json:
-        typer.echo(json.dumps({"nodes": rows, "gateway_creds": str(layout.gateway_creds)}))
+        typer.echo(json.dumps({"nodes": rows, "creds_dir": str(layout.creds_dir)}))
         return
     for row in rows:
         typer.echo(f"{row['name']}: nats-server -c {row['config']}   ({row['client_url']})")
-    typer.echo(f"credentials: {layout.gateway_creds.parent}; provision with replicas=3")
+    typer.echo(f"credentials: {layout.creds_dir}; provision with replicas=3")

@@ -153,7 +153,8 @@ class Demo:
         config.write_text(
             f'nats_url = "{self.broker["client_url"]}"\n'
             f'monitor_url = "{self.broker["monitor_url"]}"\n'
-            f'creds = "{self.root / "broker" / "creds" / "gateway.nk"}"\n'
+            f'router_creds = "{self.root / "broker" / "creds" / "router.nk"}"\n'
+            f'tracker_creds = "{self.root / "broker" / "creds" / "tracker.nk"}"\n'
             f'key_file = "{t / "keys" / "gateway.key"}"\n'
             f'passphrase_file = "{t / "passphrase"}"\n'
             f'directory_file = "{t / "directory.json"}"\n'

@@ -38,10 +38,10 @@ seconds).
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -54,6 +54,7 @@ from relais.schemas import _crypto
 from relais.schemas.domain import PARTNER_ID_RE, PartnerKind
 from relais.schemas.envelope import LocalIdentity
 from relais.schemas.errors import ConfigError, EnvelopeError, Reason
+from relais.schemas.strict_json import JsonLimits, loads_bounded
 
 __all__ = [
     "AUDIT_STREAM",
@@ -86,6 +87,14 @@ CHECKPOINT_FORMAT: Final = "relais-audit-checkpoint/1"
 GENESIS: Final = bytes(32)
 RECORD_VERSION: Final = 1
 _MAX_RECORD_BYTES: Final = 64 * 1024
+# Records are flat objects whose members are scalars, lists of ids or one routing object.
+_RECORD_LIMITS: Final = JsonLimits(
+    max_bytes=_MAX_RECORD_BYTES, max_containers=64, max_values=2048, max_depth=2
+)
+_CHECKPOINT_LIMITS: Final = JsonLimits(max_bytes=4096, max_containers=2, max_values=16, max_depth=2)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_MAX_INT: Final = 2**63 - 1
 _CHECKPOINT_FIELDS: Final = frozenset(
     {
         "format",
@@ -124,13 +133,19 @@ def encode_record(kind: AuditKind, fields: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
+def _record_error(why: str) -> EnvelopeError:
+    return EnvelopeError(Reason.AUDIT_RECORD_MALFORMED)
+
+
 def decode_record(data: bytes) -> dict[str, Any]:
-    """A record's fields; :class:`EnvelopeError` (``AUDIT_RECORD_MALFORMED``) if not canonical."""
-    try:
-        body = json.loads(data) if len(data) <= _MAX_RECORD_BYTES else None
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or body.get("kind") not in _KINDS:
+    """A record's fields; :class:`EnvelopeError` (``AUDIT_RECORD_MALFORMED``) if not canonical.
+
+    Caps (size, containers, values, depth 2) before parsing; strict JSON; then the bytes must
+    be the canonical serialisation of their own parse. Nothing else escapes.
+    """
+    body = loads_bounded(data, _RECORD_LIMITS, _record_error)
+    kind = body.get("kind") if isinstance(body, dict) else None
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise EnvelopeError(Reason.AUDIT_RECORD_MALFORMED)
     again = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     if again.encode("ascii", "replace") != data:
@@ -184,10 +199,7 @@ def sign_checkpoint(checkpoint: Checkpoint, signer: LocalIdentity) -> bytes:
 
 def _parse_checkpoint(data: bytes) -> tuple[Checkpoint, dict[str, Any], bytes]:
     bad = EnvelopeError(Reason.AUDIT_CHECKPOINT_INVALID)
-    try:
-        outer = json.loads(data)
-    except ValueError as exc:
-        raise bad from exc
+    outer = loads_bounded(data, _CHECKPOINT_LIMITS, lambda why: bad)
     if not isinstance(outer, dict) or set(outer) != {"checkpoint", "signature"}:
         raise bad
     body, signature = outer["checkpoint"], outer["signature"]
@@ -197,13 +209,22 @@ def _parse_checkpoint(data: bytes) -> tuple[Checkpoint, dict[str, Any], bytes]:
         raise bad
     ints = ("first_seq", "last_seq", "count", "at")
     strs = ("partnership", "signer", "key_id", "chain", "previous")
-    if not all(type(body[k]) is int and body[k] >= 0 for k in ints):
+    if not all(type(body[k]) is int and 0 <= body[k] <= _MAX_INT for k in ints):
         raise bad
     if not all(isinstance(body[k], str) for k in strs):
         raise bad
+    # ASCII-only shapes: the signed bytes (JCS) can then always be computed
+    if not (
+        PARTNER_ID_RE.fullmatch(body["partnership"]) and PARTNER_ID_RE.fullmatch(body["signer"])
+    ):
+        raise bad
+    if not _KEY_ID.fullmatch(body["key_id"]):
+        raise bad
+    if not (_HEX64.fullmatch(body["chain"]) and _HEX64.fullmatch(body["previous"])):
+        raise bad
     try:
         raw_signature = base64.b64decode(signature, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, and non-ASCII text (a bare ValueError)
         raise bad from exc
     fields = {k: body[k] for k in _CHECKPOINT_FIELDS - {"format"}}
     return Checkpoint(**fields), body, raw_signature
@@ -218,8 +239,11 @@ def open_checkpoint(
     Failures: :class:`EnvelopeError` with ``AUDIT_CHECKPOINT_INVALID``.
     """
     checkpoint, body, signature = _parse_checkpoint(data)
-    if partnership is not None and checkpoint.partnership != partnership:
-        raise EnvelopeError(Reason.AUDIT_CHECKPOINT_INVALID)
+    expected = partnership if partnership is not None or keys is None else keys.partnership
+    if expected is not None and checkpoint.partnership != expected:
+        raise EnvelopeError(Reason.AUDIT_CHECKPOINT_INVALID) from EnvelopeError(
+            Reason.WRONG_PARTNERSHIP
+        )
     if keys is None:
         return checkpoint
     try:

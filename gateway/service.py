@@ -12,17 +12,25 @@ SIGINT:
 * ``tracker``: :class:`~relais.gateway.tracker.Tracker` and the audit
   :class:`~relais.gateway.checkpoint.Checkpointer` (run exactly one).
 
-SIGHUP reloads the directory file (a newer edition only) and the rules, publishes the
-edition and hands the new policy to the roles. Logs: structlog, one JSON object per line
-when stderr is not a terminal, one canonical line per event handled, ids and codes only.
+The configuration edition (:mod:`relais.broker_config.edition`) is the directory and the
+routing rules it embeds, signed together: the router and the tracker route with those rules
+(``rules_file`` in the settings overrides them, for tests and demonstrations only). An
+expired edition is refused (``DIRECTORY_EXPIRED``) at start and on reload; the gateway
+warns ahead of the end of the edition in force (``gateway.directory_expiring``, gauge
+``relais_gateway_directory_expires_seconds``). SIGHUP reloads the directory file (a newer,
+unexpired edition only), publishes the edition and hands the new policy to the roles; the
+router honours the edition it replaces for its grace period. Logs: structlog, one JSON
+object per line when stderr is not a terminal, one canonical line per event handled, ids
+and codes only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -36,11 +44,13 @@ from relais.agents.keys import (
 )
 from relais.broker_config.connection import Connection, connect, require_sync_always
 from relais.broker_config.directory import verify_directory
-from relais.broker_config.nats_conf import GATEWAY_INBOX
-from relais.broker_config.rules import RuleSet, default_rules, load_rules
+from relais.broker_config.edition import ExpiryState, expiry_state, verify_edition
+from relais.broker_config.nats_conf import ROUTER_INBOX, TRACKER_INBOX
+from relais.broker_config.rules import load_rules
 from relais.gateway import metrics
 from relais.gateway.checkpoint import Checkpointer
 from relais.gateway.jetstream import last_for_subject, publish, use_atomic_batches
+from relais.gateway.keeper import Keeper, KeeperConfig
 from relais.gateway.policy import Policy, check_gateway_identity
 from relais.gateway.router import Router, RouterConfig
 from relais.gateway.settings import GatewaySettings
@@ -54,6 +64,7 @@ ROLES: Final = frozenset({"router", "tracker"})
 _DIRECTORY_STREAM: Final = "DIRECTORY"
 _DIRECTORY_SUBJECT: Final = "ref.dir"
 
+_EXPIRY_TICK: Final = 10.0
 _log = structlog.get_logger(__name__)
 
 
@@ -71,14 +82,35 @@ def _read(path: Any, what: str) -> bytes:
 def load_policy(
     settings: GatewaySettings, *, min_serial: int | None = None
 ) -> tuple[Policy, bytes]:
-    """The verified directory and rules the settings name, and the signed directory bytes."""
+    """The verified edition the settings name (its directory and its rules), and its bytes.
+
+    Refused: an older edition than ``min_serial`` (``DIRECTORY_ROLLBACK``), an expired one
+    (``DIRECTORY_EXPIRED``), one whose rules are invalid (``RULES_INVALID``).
+    """
     signed = _read(settings.directory_file, "the signed directory")
     root = read_root_public_key(settings.root_public_key)
-    directory = verify_directory(signed, root, min_serial=min_serial)
-    rules: RuleSet = (
-        load_rules(settings.rules_file) if settings.rules_file is not None else default_rules()
-    )
-    return Policy(directory, rules), signed
+    edition = verify_edition(signed, root, min_serial=min_serial, now_ms=_now_ms())
+    if settings.rules_file is None:
+        return Policy(edition.directory, edition.rules), signed
+    rules = load_rules(settings.rules_file)
+    _log.warning("gateway.rules_override", version=rules.version, edition=edition.serial)
+    return Policy(edition.directory, rules), signed
+
+
+async def watch_expiry(policy: Callable[[], Policy], stop: asyncio.Event) -> None:
+    """Gauges of the edition in force; a warning ahead of its end, an error once past."""
+    reported: tuple[int, ExpiryState] | None = None
+    while not stop.is_set():
+        current = policy()
+        state, left = expiry_state(current.directory, _now_ms())
+        metrics.DIRECTORY_SERIAL.set(current.serial)
+        metrics.DIRECTORY_EXPIRES.set(left)
+        if state is not ExpiryState.VALID and reported != (current.serial, state):
+            reported = (current.serial, state)
+            log = _log.error if state is ExpiryState.EXPIRED else _log.warning
+            log(f"gateway.directory_{state.value}", serial=current.serial, seconds_left=round(left))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=_EXPIRY_TICK)
 
 
 async def publish_directory(
@@ -109,10 +141,10 @@ async def publish_directory(
 
 @dataclass
 class _Gateway:
-    """The roles of one gateway process and what they share."""
+    """The roles of one gateway process and what they share (each role its own connection)."""
 
     settings: GatewaySettings
-    conn: Connection
+    conns: dict[str, Connection]
     signer: PartnerKeys
     policy: Policy
     roles: frozenset[str]
@@ -132,11 +164,11 @@ class _Gateway:
                 skew_ms=int(s.skew_seconds * 1000),
                 batch=s.router_batch,
             )
-            self.router = Router(self.conn, self.policy, self.signer, config=config)
+            self.router = Router(self.conns["router"], self.policy, self.signer, config=config)
         if "tracker" in self.roles:
             self.store = TrackerStore(s.database)
             self.tracker = Tracker(
-                self.conn,
+                self.conns["tracker"],
                 self.store,
                 self.policy,
                 self.signer,
@@ -155,7 +187,8 @@ class _Gateway:
             policy, signed = load_policy(self.settings, min_serial=self.policy.serial)
             root = read_root_public_key(self.settings.root_public_key)
             check_gateway_identity(policy, self.signer, _now_ms())
-            await publish_directory(self.conn, signed, policy, root)
+            if "tracker" in self.conns:  # the directory publisher is the tracker's role
+                await publish_directory(self.conns["tracker"], signed, policy, root)
         except RelaisError as exc:
             _log.error("gateway.reload_refused", reason=exc.reason.value)
             return
@@ -168,13 +201,13 @@ class _Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Run the roles until ``stop``; the first role to fail stops the others."""
         self.build()
-        jobs: list[Coroutine[Any, Any, None]] = []
+        jobs: list[Coroutine[Any, Any, None]] = [watch_expiry(lambda: self.policy, stop)]
         if self.router is not None:
             await self.router.check_replay_window()
             jobs.append(self.router.run(stop))
         if self.tracker is not None:
             checkpointer = Checkpointer(
-                self.conn,
+                self.conns["tracker"],
                 self.signer,
                 partnership=self.policy.directory.partnership,
                 every_records=self.settings.checkpoint_every_records,
@@ -184,6 +217,14 @@ class _Gateway:
             jobs.append(self.tracker.run(stop))
             tick = min(1.0, self.settings.checkpoint_interval_seconds)
             jobs.append(checkpointer.run(stop, tick=tick))
+            if self.store is not None:  # retention with evidence, and the watch gauges
+                keeper = Keeper(
+                    self.conns["tracker"],
+                    self.store,
+                    lambda: self.policy,
+                    config=KeeperConfig(monitor_url=self.settings.monitor_url),
+                )
+                jobs.append(keeper.run(stop))
         self.tasks = [asyncio.create_task(job) for job in jobs]
         done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
         failed = [t for t in done if not t.cancelled() and t.exception() is not None]
@@ -193,6 +234,31 @@ class _Gateway:
             error = failed[0].exception()
             if error is not None:
                 raise error
+
+
+_ROLE_INBOXES: Final = {"router": ROUTER_INBOX, "tracker": TRACKER_INBOX}
+
+
+async def _connect_roles(settings: GatewaySettings, roles: frozenset[str]) -> dict[str, Connection]:
+    """One connection per role, each with the role's own credential."""
+    given = {"router": settings.router_creds, "tracker": settings.tracker_creds}
+    creds = {role: path for role in sorted(roles) if (path := given[role]) is not None}
+    if missing := sorted(roles - creds.keys()):
+        raise ConfigError(f"no credential for the role {missing[0]} ({missing[0]}_creds)")
+    conns: dict[str, Connection] = {}
+    try:
+        for role, path in creds.items():
+            conns[role] = await connect(
+                settings.servers,
+                creds=path,
+                inbox_prefix=_ROLE_INBOXES[role],
+                name=f"relais-gateway-{role}",
+            )
+    except BaseException:
+        for conn in conns.values():
+            await conn.close()
+        raise
+    return conns
 
 
 def _install_signals(stop: asyncio.Event, gateway: _Gateway) -> list[int]:
@@ -229,17 +295,13 @@ async def run_gateway(
     root = read_root_public_key(settings.root_public_key)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
-    conn = await connect(
-        settings.servers,
-        creds=settings.creds,
-        inbox_prefix=GATEWAY_INBOX,
-        name=f"relais-gateway-{'-'.join(sorted(wanted))}",
-    )
+    conns = await _connect_roles(settings, wanted)
     stop = stop or asyncio.Event()
-    gateway = _Gateway(settings, conn, signer, policy, wanted)
+    gateway = _Gateway(settings, conns, signer, policy, wanted)
     installed: list[int] = []
     try:
-        await publish_directory(conn, signed, policy, root)
+        if "tracker" in conns:
+            await publish_directory(conns["tracker"], signed, policy, root)
         if handle_signals:
             installed = _install_signals(stop, gateway)
         _log.info("gateway.started", roles=sorted(wanted), serial=policy.serial)
@@ -248,7 +310,8 @@ async def run_gateway(
         loop = asyncio.get_running_loop()
         for sig in installed:
             loop.remove_signal_handler(sig)
-        await conn.close()
+        for conn in conns.values():
+            await conn.close()
         if gateway.store is not None:
             gateway.store.close()
         _log.info("gateway.stopped", roles=sorted(wanted))

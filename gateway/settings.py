@@ -4,7 +4,8 @@ Example ``gateway.toml`` (relative paths are relative to the file)::
 
     nats_url = "nats://127.0.0.1:4222"        # several: comma-separated
     monitor_url = "http://127.0.0.1:8222"     # to check that the server fsyncs every write
-    creds = "creds/gateway.nk"                # the gateway NATS user's nkey seed (0600)
+    router_creds = "creds/router.nk"          # the router role's NATS nkey seed (0600)
+    tracker_creds = "creds/tracker.nk"        # the tracker role's (tracker, audit, directory)
     key_file = "keys/gateway.key"             # the gateway's signing key (relais-key/1)
     passphrase_file = "keys/gateway.pass"     # its passphrase, first line (0600)
     directory_file = "directory.json"         # the signed directory in force
@@ -13,6 +14,10 @@ Example ``gateway.toml`` (relative paths are relative to the file)::
     # rules_file = "rules.toml"               # default: the packaged partnership rules
     # max_age_seconds = 604800                # older events are refused (STALE)
     # allow_unsafe_no_fsync = false           # development only
+
+Each role connects with its own credential, which lets it do only what that role needs; the
+broker's administrator credential (``creds/admin.nk``) is never given to the gateway. A process
+running only the router needs only ``router_creds``, and likewise for the tracker.
 
 Values given to :func:`load_settings` override environment variables, which override the
 defaults.
@@ -36,7 +41,8 @@ __all__ = [
 
 _DAY: Final = 86_400.0
 _PATH_FIELDS: Final = (
-    "creds",
+    "router_creds",
+    "tracker_creds",
     "key_file",
     "passphrase_file",
     "directory_file",
@@ -52,7 +58,8 @@ class GatewaySettings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     monitor_url: str = "http://127.0.0.1:8222"
-    creds: Path
+    router_creds: Path | None = None
+    tracker_creds: Path | None = None
     key_file: Path
     passphrase_file: Path
     directory_file: Path

@@ -133,6 +133,7 @@ class Reason(StrEnum):
     NOT_CONNECTED = "NOT_CONNECTED"
     SERVER_NOT_DURABLE = "SERVER_NOT_DURABLE"
     BROKER_ERROR = "BROKER_ERROR"
+    STORAGE_LIMIT = "STORAGE_LIMIT"  # a stream, or this partner's share of it, is full
     # configuration
     CONFIG_INVALID = "CONFIG_INVALID"
     # partner agent (local HTTP API, deliveries)

@@ -51,7 +51,7 @@ from relais.broker_config.directory import (
 )
 from relais.broker_config.embedded import (
     ServerProcess,
-    provision_as_gateway,
+    provision_as_admin,
     signal_reload,
     start_server,
     stop_process,
@@ -59,13 +59,18 @@ from relais.broker_config.embedded import (
 from relais.broker_config.nats_conf import (
     GATEWAY_INBOX,
     OPERATOR_INBOX,
+    ROUTER_INBOX,
+    TRACKER_INBOX,
     ServerSettings,
+    Service,
     build_config,
-    ensure_seed,
+    ensure_service_seeds,
     inbox_prefix,
+    service_seed_file,
     write_config,
     write_seed,
 )
+from relais.broker_config.streams import StorageLimits
 from relais.schemas.domain import PartnerKind
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -156,10 +161,34 @@ class TestBroker:
     root: Path
     server: ServerProcess
     config_file: Path
-    gateway_creds: Path
-    operator_creds: Path
     settings: ServerSettings
     partner_creds: dict[str, Path] = field(default_factory=dict)
+    # Small byte limits: JetStream reserves them on the test machine's disk.
+    storage: StorageLimits = field(default_factory=lambda: StorageLimits().scaled(1 / 32))
+
+    def service_creds(self, service: Service) -> Path:
+        """The seed file of a service identity (admin, router, tracker, operator)."""
+        return service_seed_file(self.root / "creds", service)
+
+    @property
+    def admin_creds(self) -> Path:
+        """The provisioning administrator's seed file."""
+        return self.service_creds(Service.ADMIN)
+
+    @property
+    def operator_creds(self) -> Path:
+        """The read-only operator's seed file."""
+        return self.service_creds(Service.OPERATOR)
+
+    @property
+    def router_creds(self) -> Path:
+        """The router role's seed file."""
+        return self.service_creds(Service.ROUTER)
+
+    @property
+    def tracker_creds(self) -> Path:
+        """The tracker role's seed file."""
+        return self.service_creds(Service.TRACKER)
 
     @property
     def client_url(self) -> str:
@@ -180,9 +209,21 @@ class TestBroker:
                 self.partner_creds[partner_id] = path
 
     async def gateway(self) -> Connection:
-        """A connection as the gateway user."""
+        """A connection as the hub's administrator (tests inspect and play the hub with it)."""
         return await connect(
-            self.client_url, creds=self.gateway_creds, inbox_prefix=GATEWAY_INBOX, name="gw"
+            self.client_url, creds=self.admin_creds, inbox_prefix=GATEWAY_INBOX, name="gw"
+        )
+
+    async def router(self) -> Connection:
+        """A connection with the router role's credential."""
+        return await connect(
+            self.client_url, creds=self.router_creds, inbox_prefix=ROUTER_INBOX, name="router"
+        )
+
+    async def tracker(self) -> Connection:
+        """A connection with the tracker role's credential."""
+        return await connect(
+            self.client_url, creds=self.tracker_creds, inbox_prefix=TRACKER_INBOX, name="tracker"
         )
 
     async def operator(self) -> Connection:
@@ -221,20 +262,18 @@ class TestBroker:
         self.write_partner_creds(test_directory.seeds)
         write_config(self.config_file, self._config(test_directory.directory))
         await signal_reload(self.server.pid, self.monitor_url)
-        await provision_as_gateway(
+        await provision_as_admin(
             self.client_url,
-            gateway_creds=self.gateway_creds,
+            admin_creds=self.admin_creds,
             monitor_url=self.monitor_url,
             directory=test_directory.directory,
             allow_unsafe=not self.settings.sync_always,
+            limits=self.storage,
         )
 
     def _config(self, directory: Directory | None) -> dict[str, object]:
         return build_config(
-            directory,
-            gateway_nkey=ensure_seed(self.gateway_creds),
-            operator_nkey=ensure_seed(self.operator_creds),
-            settings=self.settings,
+            directory, services=ensure_service_seeds(self.root / "creds"), settings=self.settings
         )
 
 
@@ -245,8 +284,6 @@ def _prepare(root: Path, test_directory: TestDirectory | None, sync_always: bool
         root=root,
         server=ServerProcess(pid=0, client_url="", monitor_url=""),
         config_file=root / "nats-server.json",
-        gateway_creds=root / "creds" / "gateway.nk",
-        operator_creds=root / "creds" / "operator.nk",
         settings=ServerSettings(
             store_dir=root / "store", ports_file_dir=root / "ports", sync_always=sync_always
         ),
@@ -269,12 +306,13 @@ async def start_broker_async(
         log_file=root / "nats-server.log",
     )
     try:
-        await provision_as_gateway(
+        await provision_as_admin(
             broker.client_url,
-            gateway_creds=broker.gateway_creds,
+            admin_creds=broker.admin_creds,
             monitor_url=broker.monitor_url,
             directory=test_directory and test_directory.directory,
             allow_unsafe=not sync_always,
+            limits=broker.storage,
         )
     except BaseException:
         stop_process(broker.server.pid)
@@ -421,9 +459,10 @@ class GatewayRun:
 
     __test__ = False
 
-    conn: Connection
+    conn: Connection  # the administrator's: for the test's own inspection
     stop: asyncio.Event
     tasks: list[asyncio.Task[None]]
+    role_conns: list[Connection] = field(default_factory=list)  # each role's own credential
     router: Any = None
     tracker: Any = None
     store: Any = None
@@ -440,7 +479,8 @@ class GatewayRun:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
         self.tasks = []
-        await self.conn.close()
+        for conn in (*self.role_conns, self.conn):
+            await conn.close()
         if self.store is not None:
             self.store.close()
 
@@ -476,13 +516,16 @@ async def gateway_runner(tmp_path: Path) -> Any:
     ) -> GatewayRun:
         policy = Policy(directory or territory.directory, rules or default_rules())
         signer = territory.identities["gateway"]
-        conn = await broker.gateway()
-        run = GatewayRun(conn=conn, stop=asyncio.Event(), tasks=[])
+        run = GatewayRun(conn=await broker.gateway(), stop=asyncio.Event(), tasks=[])
         if "router" in roles:
+            conn = await broker.router()
+            run.role_conns.append(conn)
             run.router = Router(conn, policy, signer, config=router_config)
             await run.router.check_replay_window()
             run.tasks.append(asyncio.create_task(run.router.run(run.stop)))
         if "tracker" in roles:
+            conn = await broker.tracker()
+            run.role_conns.append(conn)
             run.store = TrackerStore(tmp_path / f"tracker{len(runs)}" / "tracker.sqlite3")
             run.tracker = Tracker(conn, run.store, policy, signer, config=tracker_config)
             run.checkpointer = Checkpointer(

@@ -42,7 +42,7 @@ from typer.testing import CliRunner
 from relais.broker_config.connection import connect
 from relais.broker_config.directory import DirectoryKeys
 from relais.broker_config.embedded import start_server, stop_process
-from relais.broker_config.nats_conf import GATEWAY_INBOX
+from relais.broker_config.nats_conf import TRACKER_INBOX
 from relais.broker_config.rules import default_rules_text, load_rules, with_deadline
 from relais.broker_config.streams import STREAMS
 from relais.cli.audit_cmd import app as audit_app
@@ -618,8 +618,8 @@ async def checkpoint_over(url: str, scenario, territory) -> Reason | None:
     """Run a checkpoint step with the scenario's anchor on the server at ``url``."""
     conn = await connect(
         url,
-        creds=scenario.pristine / "creds" / "gateway.nk",
-        inbox_prefix=GATEWAY_INBOX,
+        creds=scenario.pristine / "creds" / "tracker.nk",
+        inbox_prefix=TRACKER_INBOX,
         name="checkpointer",
     )
     checkpointer = Checkpointer(

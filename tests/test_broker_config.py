@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,12 @@ import structlog
 from typer.testing import CliRunner
 
 from relais.broker_config import embedded
+from relais.broker_config.accounts import (
+    HUB_ACCOUNT,
+    Service,
+    partner_account,
+    partner_identity,
+)
 from relais.broker_config.cluster import write_cluster_configs
 from relais.broker_config.connection import (
     Connection,
@@ -33,12 +40,12 @@ from relais.broker_config.nats_conf import (
     DEFAULT_MAX_PAYLOAD,
     GATEWAY_INBOX,
     ServerSettings,
+    ServiceKeys,
     TlsSettings,
     build_config,
     check_config,
     ensure_seed,
     inbox_prefix,
-    partner_permissions,
     read_seed_public_key,
     write_config,
     write_seed,
@@ -73,19 +80,30 @@ def settings_for(tmp_path: Path, **changes: object) -> ServerSettings:
 # -- configuration (no server) -----------------------------------------------------------------
 
 
+def services_of(nkey_factory) -> ServiceKeys:
+    return ServiceKeys(*(nkey_factory()[1] for _ in Service))
+
+
 def test_partner_permissions_are_exact() -> None:
-    perms = partner_permissions("crip-93")
-    assert perms.subscribe == ("_INBOX_crip-93.>",)
-    assert "ref.in.crip-93" in perms.publish
-    assert "ref.rcpt.crip-93" in perms.publish
+    identity = partner_identity("crip-93")
+    assert identity.account == "PARTNER_crip-93"
+    assert identity.inbox == "_INBOX_crip-93"
+    user = identity.user("UKEY")
+    assert user["permissions"]["subscribe"] == {"allow": ["_INBOX_crip-93.>"]}
+    publish = user["permissions"]["publish"]["allow"]
+    assert publish == list(identity.subjects)
+    assert "ref.in.crip-93" in publish
+    assert "ref.rcpt.crip-93" in publish
     for priority in Priority:
         consumer = f"out-crip-93-{priority.label}"
-        assert f"$JS.API.CONSUMER.MSG.NEXT.DELIVERY.{consumer}" in perms.publish
-        assert f"$JS.ACK.DELIVERY.{consumer}.*.*.*.*.*" in perms.publish
-        assert f"$JS.ACK.*.*.DELIVERY.{consumer}.*.*.*.*.*.*" in perms.publish
+        assert f"$JS.API.CONSUMER.MSG.NEXT.DELIVERY.{consumer}" in publish
+        assert f"$JS.API.CONSUMER.INFO.DELIVERY.{consumer}" in publish
+        assert f"$JS.ACK.DELIVERY.{consumer}.*.*.*.*.*" in publish
+        assert f"$JS.ACK.*.*.DELIVERY.{consumer}.*.*.*.*.*.*" in publish
     # the only open-ended subject reads the directory stream
-    assert [s for s in perms.publish if s.endswith(">")] == ["$JS.API.DIRECT.GET.DIRECTORY.>"]
-    assert len(perms.publish) == 2 + 3 * 4 + 1
+    assert [s for s in publish if s.endswith(">")] == ["$JS.API.DIRECT.GET.DIRECTORY.>"]
+    # ingress, receipts, $JS.API.INFO, the directory, and 4 subjects per own consumer
+    assert len(publish) == 4 + 3 * 4
 
 
 def test_users_only_for_active_partners_with_nkeys(tmp_path, directory_builder, nkey_factory):
@@ -94,17 +112,30 @@ def test_users_only_for_active_partners_with_nkeys(tmp_path, directory_builder, 
         revoked=["b-1"],
         without_nkey=["c-1"],
     )
-    (_, gateway), (_, operator) = nkey_factory(), nkey_factory()
-    config = build_config(
-        td.directory, gateway_nkey=gateway, operator_nkey=operator, settings=settings_for(tmp_path)
+    services = services_of(nkey_factory)
+    config = build_config(td.directory, services=services, settings=settings_for(tmp_path))
+    accounts = config["accounts"]
+    assert sorted(accounts) == sorted(
+        ["SYS", HUB_ACCOUNT, "ROUTER", "TRACKER", "OPERATOR", partner_account("a-1")]
     )
-    users = config["accounts"]["RELAIS"]["users"]
-    assert [u["nkey"] for u in users] == [
-        gateway,
-        operator,
-        td.directory.get("a-1").nats_nkey,
-    ]
-    assert config["accounts"]["RELAIS"]["jetstream"] == "enabled"
+    hub = accounts[HUB_ACCOUNT]
+    assert [u["nkey"] for u in hub["users"]] == [services.admin]  # nobody else in the hub
+    assert hub["jetstream"] == "enabled"
+    (export,) = hub["exports"]
+    assert export["service"] == ">"
+    assert export["response_type"] == "stream"
+    assert "accounts" not in export  # see accounts_block: only the generated imports cross
+    for name, account in accounts.items():
+        if name in ("SYS", HUB_ACCOUNT):
+            continue
+        assert "jetstream" not in account  # JetStream only in the hub
+        (user,) = account["users"]
+        imported = [i["service"]["subject"] for i in account["imports"]]
+        assert {i["service"]["account"] for i in account["imports"]} == {HUB_ACCOUNT}
+        assert imported == user["permissions"]["publish"]["allow"]
+        assert account["limits"]["max_connections"] >= 1
+    assert accounts[partner_account("a-1")]["users"][0]["nkey"] == td.directory.get("a-1").nats_nkey
+    assert accounts["ROUTER"]["users"][0]["nkey"] == services.router
     assert config["system_account"] == "SYS"
     assert config["http"].startswith("127.0.0.1:")
     assert config["jetstream"]["sync_interval"] == "always"
@@ -112,36 +143,39 @@ def test_users_only_for_active_partners_with_nkeys(tmp_path, directory_builder, 
     assert config["max_payload"] == DEFAULT_MAX_PAYLOAD
 
 
+def test_partners_whose_keys_all_expired_get_no_user(tmp_path, directory_builder, nkey_factory):
+    td = directory_builder(PARTNERS)
+    services = services_of(nkey_factory)
+    settings = settings_for(tmp_path)
+    now = build_config(td.directory, services=services, settings=settings)
+    assert partner_account("school-1") in now["accounts"]
+    after = 2 * 365 * 86_400_000 + td.directory.get("school-1").keys[0].not_after_ms
+    later = build_config(td.directory, services=services, settings=settings, at_ms=after)
+    assert not any(name.startswith("PARTNER_") for name in later["accounts"])
+
+
 def test_shared_or_invalid_nkeys_are_refused(tmp_path, directory_builder, nkey_factory):
     td = directory_builder(PARTNERS)
     school_key = td.directory.get("school-1").nats_nkey
-    _, other = nkey_factory()
+    services = services_of(nkey_factory)
     settings = settings_for(tmp_path)
     with pytest.raises(ConfigError):
-        build_config(td.directory, gateway_nkey=school_key, operator_nkey=other, settings=settings)
+        build_config(td.directory, services=replace(services, router=school_key), settings=settings)
     with pytest.raises(ConfigError):
-        build_config(None, gateway_nkey=other, operator_nkey=other, settings=settings)
+        build_config(None, services=replace(services, admin=services.operator), settings=settings)
     flipped = school_key[:10] + ("B" if school_key[10] != "B" else "C") + school_key[11:]
     for bad in ("", "U" + "A" * 55, "A" + school_key[1:], flipped):
         with pytest.raises(ConfigError):
-            build_config(None, gateway_nkey=bad, operator_nkey=other, settings=settings)
+            build_config(None, services=replace(services, tracker=bad), settings=settings)
 
 
 def test_public_listener_needs_tls(tmp_path, nkey_factory) -> None:
-    (_, gateway), (_, operator) = nkey_factory(), nkey_factory()
+    services = services_of(nkey_factory)
     with pytest.raises(ConfigError):
-        build_config(
-            None,
-            gateway_nkey=gateway,
-            operator_nkey=operator,
-            settings=settings_for(tmp_path, host="192.0.2.10"),
-        )
+        build_config(None, services=services, settings=settings_for(tmp_path, host="192.0.2.10"))
     tls = TlsSettings(cert_file=tmp_path / "c.pem", key_file=tmp_path / "k.pem")
     config = build_config(
-        None,
-        gateway_nkey=gateway,
-        operator_nkey=operator,
-        settings=settings_for(tmp_path, host="192.0.2.10", tls=tls),
+        None, services=services, settings=settings_for(tmp_path, host="192.0.2.10", tls=tls)
     )
     assert config["tls"] == {
         "cert_file": str(tmp_path / "c.pem"),
@@ -150,10 +184,13 @@ def test_public_listener_needs_tls(tmp_path, nkey_factory) -> None:
     assert config["http"].startswith("127.0.0.1:")  # monitoring stays on loopback
 
 
-def test_config_file_is_private_and_accepted_by_nats_server(tmp_path, nkey_factory):
-    (_, gateway), (_, operator) = nkey_factory(), nkey_factory()
+def test_config_file_is_private_and_accepted_by_nats_server(
+    tmp_path, nkey_factory, directory_builder
+):
     config = build_config(
-        None, gateway_nkey=gateway, operator_nkey=operator, settings=settings_for(tmp_path)
+        directory_builder(PARTNERS).directory,
+        services=services_of(nkey_factory),
+        settings=settings_for(tmp_path),
     )
     path = tmp_path / "nats-server.json"
     write_config(path, config)
@@ -184,12 +221,10 @@ def test_seed_files(tmp_path, nkey_factory) -> None:
 
 
 def test_fsync_off_is_loud(tmp_path, nkey_factory) -> None:
-    (_, gateway), (_, operator) = nkey_factory(), nkey_factory()
     with structlog.testing.capture_logs() as logs:
         config = build_config(
             None,
-            gateway_nkey=gateway,
-            operator_nkey=operator,
+            services=services_of(nkey_factory),
             settings=settings_for(tmp_path, sync_always=False),
         )
     assert "sync_interval" not in config["jetstream"]
@@ -258,7 +293,7 @@ async def test_monitoring_on_loopback_and_fsync_always(broker_factory, directory
     assert varz["jetstream"]["config"]["sync_always"] is True
     assert broker.monitor_url.startswith("http://127.0.0.1:")
     assert await require_sync_always(broker.monitor_url, allow_unsafe=False) is True
-    for path in (broker.gateway_creds, broker.operator_creds, *broker.partner_creds.values()):
+    for path in (broker.admin_creds, broker.operator_creds, *broker.partner_creds.values()):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -283,7 +318,7 @@ async def test_provisioning_is_idempotent(broker_factory, directory_builder):
     broker = await broker_factory(td)
     gateway = await broker.gateway()
     try:
-        report = await provision(gateway.jetstream(), td.directory)
+        report = await provision(gateway.jetstream(), td.directory, limits=broker.storage)
         expected = len(STREAMS) + len(consumers_for(td.directory))
         assert (report.created, report.updated, report.conflicts, report.kept) == ([], [], [], [])
         assert len(report.unchanged) == expected == 8 + 3 + 2 * 3
@@ -317,7 +352,7 @@ async def test_provisioning_repairs_drift_and_reports_conflicts(broker_factory, 
         quarantine = (await js.stream_info("QUARANTINE")).config
         quarantine.allow_msg_ttl = True  # cannot be turned off again
         await js.update_stream(quarantine)
-        report = await provision(js, td.directory)
+        report = await provision(js, td.directory, limits=broker.storage)
         assert report.updated == ["DELIVERY/out-hotel-1-URGENT"]
         assert [name for name, _ in report.conflicts] == ["QUARANTINE"]
         info = await js.consumer_info("DELIVERY", "out-hotel-1-URGENT")
@@ -381,7 +416,7 @@ async def test_directory_change_and_reload_lose_nothing(tmp_path, directory_buil
 
         school = await connected("school-1", creds["school-1"])
         hotel = await connected("hotel-1", creds["hotel-1"])
-        gateway = await connected("gateway", data_dir / "creds" / "gateway.nk", GATEWAY_INBOX)
+        gateway = await connected("gateway", data_dir / "creds" / "admin.nk", GATEWAY_INBOX)
         for n in range(20):
             await school.js_publish("ref.in.school-1", b"e", msg_id=f"s-{n}")
             await hotel.js_publish("ref.in.hotel-1", b"e", msg_id=f"h-{n}")

@@ -28,7 +28,7 @@ from relais.broker_config import embedded
 from relais.broker_config.cluster import ClusterLayout, write_cluster_configs
 from relais.broker_config.connection import Connection, connect
 from relais.broker_config.embedded import (
-    provision_as_gateway,
+    provision_as_admin,
     spawn_server,
     start_server,
     stop_process,
@@ -104,8 +104,8 @@ async def test_embedded_server_sigkill_loses_nothing(tmp_path, directory_builder
         gateway = await stack.enter_async_context(
             await connect(
                 info.client_url,
-                creds=data_dir / "creds" / "gateway.nk",
-                inbox_prefix="_INBOX__gateway",
+                creds=data_dir / "creds" / "admin.nk",
+                inbox_prefix="_INBOX__admin",
                 name="gw",
             )
         )
@@ -296,9 +296,9 @@ async def test_cluster_leader_kills_lose_nothing(tmp_path: Path, directory_build
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(asyncio.to_thread, cluster.stop_all)
         await asyncio.to_thread(cluster.start_all)
-        report = await provision_as_gateway(
+        report = await provision_as_admin(
             layout.client_urls,
-            gateway_creds=layout.gateway_creds,
+            admin_creds=layout.admin_creds,
             monitor_url=layout.nodes[0].monitor_url,
             directory=td.directory,
             replicas=3,
@@ -307,8 +307,8 @@ async def test_cluster_leader_kills_lose_nothing(tmp_path: Path, directory_build
         gateway = await stack.enter_async_context(
             await connect(
                 layout.client_urls,
-                creds=layout.gateway_creds,
-                inbox_prefix="_INBOX__gateway",
+                creds=layout.admin_creds,
+                inbox_prefix="_INBOX__admin",
                 name="gw",
             )
         )

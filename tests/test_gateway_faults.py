@@ -155,7 +155,8 @@ def write_config(root: Path, broker, territory, *, deadline: int | None = None) 
             [
                 f'nats_url = "{broker.client_url}"',
                 f'monitor_url = "{broker.monitor_url}"',
-                f'creds = "{broker.gateway_creds}"',
+                f'router_creds = "{broker.router_creds}"',
+                f'tracker_creds = "{broker.tracker_creds}"',
                 'key_file = "gateway.key"',
                 'passphrase_file = "gateway.pass"',
                 'directory_file = "directory.json"',
@@ -370,7 +371,8 @@ async def test_two_routers_one_killed_mid_load(
 def test_settings_file_and_refusals(broker_factory, demo_territory, tmp_path) -> None:
     t = demo_territory
     broker = type("B", (), {"client_url": "nats://127.0.0.1:1", "monitor_url": "http://x"})()
-    broker.gateway_creds = tmp_path / "gw.nk"
+    broker.router_creds = tmp_path / "router.nk"
+    broker.tracker_creds = tmp_path / "tracker.nk"
     config = write_config(tmp_path / "gw", broker, t, deadline=5)
     settings = load_settings(config)
     assert settings.key_file == (tmp_path / "gw" / "gateway.key").resolve()
