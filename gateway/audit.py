@@ -144,7 +144,9 @@ def decode_record(data: bytes) -> dict[str, Any]:
     be the canonical serialisation of their own parse. Nothing else escapes.
     """
     body = loads_bounded(data, _RECORD_LIMITS, _record_error)
-    kind = body.get("kind") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise EnvelopeError(Reason.AUDIT_RECORD_MALFORMED)
+    kind = body.get("kind")
     if not isinstance(kind, str) or kind not in _KINDS:
         raise EnvelopeError(Reason.AUDIT_RECORD_MALFORMED)
     again = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
