@@ -83,14 +83,18 @@ class EventType(StrEnum):
     RECEIPT = "receipt"
     REJECTION = "rejection"
     ESCALATION_NOTICE = "escalation_notice"
+    PROGRESS_NOTICE = "progress_notice"
 
 
-EVENT_TYPES: frozenset[EventType] = frozenset(
-    t
-    for t in EventType
-    if t not in (EventType.RECEIPT, EventType.REJECTION, EventType.ESCALATION_NOTICE)
+STATEMENT_TYPES: frozenset[EventType] = frozenset(
+    {
+        EventType.RECEIPT,
+        EventType.REJECTION,
+        EventType.ESCALATION_NOTICE,
+        EventType.PROGRESS_NOTICE,
+    }
 )
-STATEMENT_TYPES: frozenset[EventType] = frozenset(EventType) - EVENT_TYPES
+EVENT_TYPES: frozenset[EventType] = frozenset(EventType) - STATEMENT_TYPES
 
 # Use both patterns with ``fullmatch``: Python's ``match`` lets ``$`` accept a trailing
 # newline. The anchors stay for pydantic ``pattern=`` (Rust regex, where ``$`` is strict).

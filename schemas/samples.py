@@ -511,18 +511,21 @@ def _receipt(c: _Ctx) -> dict[str, Any]:
                 "event_id": first,
                 "state": "DELIVERED",
                 "decline_reason": None,
+                "outcome": None,
                 "at": c.before(30, 20),
             },
             {
                 "event_id": first,
                 "state": "TAKEN_IN_CHARGE",
                 "decline_reason": None,
+                "outcome": None,
                 "at": c.before(10),
             },
             {
                 "event_id": c.uuid7(),
                 "state": "DECLINED",
                 "decline_reason": "NOT_COMPETENT",
+                "outcome": None,
                 "at": c.before(5),
             },
         ],
@@ -555,6 +558,31 @@ def _escalation_notice(c: _Ctx) -> dict[str, Any]:
     }
 
 
+def _progress_notice(c: _Ctx) -> dict[str, Any]:
+    event_id = c.case_ref or c.uuid7()
+    routed = c.before(30, 20)
+    step = {
+        "event_id": event_id,
+        "event_type": EventType.DANGER_DECLARATION.value,
+        "partner": c.addressed_to or _DEMO["crip"],
+        "role": "RECIPIENT",
+        "decline_reason": None,
+        "outcome": None,
+        "escalated_to": [],
+    }
+    return {
+        "notice_id": c.uuid7(),
+        "sender": c.alert_sender or _DEMO["school"],
+        "steps": [
+            step | {"state": "ROUTED", "at": routed},
+            step | {"state": "DELIVERED", "at": routed + dt.timedelta(milliseconds=40)},
+            step | {"state": "TAKEN_IN_CHARGE", "at": c.before(10, 5)},
+            step | {"state": "CONCLUDED", "outcome": "NO_DANGER_FOUND", "at": c.before(4)},
+        ],
+        "issued_at": SAMPLE_EPOCH,
+    }
+
+
 _BUILDERS: dict[EventType, Callable[[_Ctx], dict[str, Any]]] = {
     EventType.RUNAWAY_ALERT: _runaway_alert,
     EventType.RUNAWAY_ENDED: _runaway_ended,
@@ -569,6 +597,7 @@ _BUILDERS: dict[EventType, Callable[[_Ctx], dict[str, Any]]] = {
     EventType.RECEIPT: _receipt,
     EventType.REJECTION: _rejection,
     EventType.ESCALATION_NOTICE: _escalation_notice,
+    EventType.PROGRESS_NOTICE: _progress_notice,
 }
 
 

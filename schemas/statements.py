@@ -1,15 +1,15 @@
-"""Signed statements: receipts, rejections and escalation notices.
+"""Signed statements: receipts, rejections, escalation and progress notices.
 
 They carry metadata only (ids, codes, times), so they are signed but not encrypted::
 
     statement := MAGIC "RLS\\x01" | kind | partnership:str | signer:str | key_id:str
                  | created_at:uvarint | schema_fp[32] | body:bytes | signature[64]
 
-``kind`` is 0x02 receipt, 0x03 rejection, 0x04 escalation notice; the signature context is
-the kind's name, so neither an event signature nor another kind of statement verifies as
-this one. ``partnership`` is the directory's partnership id: a statement of one partnership
-never verifies in another. ``body`` is the Avro single-object encoding of the statement's
-schema, read strictly (canonical encoding only).
+``kind`` is 0x02 receipt, 0x03 rejection, 0x04 escalation notice, 0x05 progress notice; the
+signature context is the kind's name, so neither an event signature nor another kind of
+statement verifies as this one. ``partnership`` is the directory's partnership id: a
+statement of one partnership never verifies in another. ``body`` is the Avro single-object
+encoding of the statement's schema, read strictly (canonical encoding only).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ KINDS: Mapping[int, tuple[EventType, str]] = {
     0x02: (EventType.RECEIPT, "receipt"),
     0x03: (EventType.REJECTION, "rejection"),
     0x04: (EventType.ESCALATION_NOTICE, "escalation"),
+    0x05: (EventType.PROGRESS_NOTICE, "progress"),
 }
 _KIND_OF = {etype: kind for kind, (etype, _ctx) in KINDS.items()}
 
