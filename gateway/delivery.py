@@ -9,7 +9,8 @@ and, on the last one, ``Nats-Batch-Commit``.
 
 Statement ids (rejection, escalation notice) are derived from what they are about
 (:func:`statement_id`), so a statement re-signed after a crash carries the same id and the
-broker's duplicate window stores it once.
+broker's duplicate window stores it once. A progress notice (:mod:`~relais.gateway.progress`)
+may be about several events: it has no ``Relais-Event-Id`` then.
 """
 
 from __future__ import annotations
@@ -105,11 +106,17 @@ async def publish_statement(
     priority: Priority,
     statement_uuid: uuid.UUID,
     statement_type: EventType,
-    event_id: uuid.UUID,
+    event_id: uuid.UUID | None,
     rule: str | None = None,
 ) -> Published:
-    """A signed statement about ``event_id`` for ``partner`` (deduplicated on its id)."""
-    headers = {H_EVENT_ID: str(event_id), H_TYPE: statement_type.value}
+    """A signed statement about ``event_id`` for ``partner`` (deduplicated on its id).
+
+    ``event_id`` is ``None`` for a statement about several events (a progress notice):
+    then no ``Relais-Event-Id`` header.
+    """
+    headers = {H_TYPE: statement_type.value}
+    if event_id is not None:
+        headers[H_EVENT_ID] = str(event_id)
     if rule is not None:
         headers[H_RULE] = rule
     return await publish(

@@ -119,6 +119,7 @@ class DeliveryState(StrEnum):
     DELIVERED = "DELIVERED"
     TAKEN_IN_CHARGE = "TAKEN_IN_CHARGE"
     DECLINED = "DECLINED"
+    CONCLUDED = "CONCLUDED"  # taken in charge, and the partner reported the outcome
 
 
 _RANK: Final = {
@@ -126,7 +127,9 @@ _RANK: Final = {
     DeliveryState.DELIVERED: 1,
     DeliveryState.TAKEN_IN_CHARGE: 2,
     DeliveryState.DECLINED: 2,
+    DeliveryState.CONCLUDED: 3,
 }
+_TAKEN: Final = frozenset({DeliveryState.TAKEN_IN_CHARGE, DeliveryState.CONCLUDED})
 
 
 class FlowStatus(StrEnum):
@@ -153,6 +156,8 @@ class Delivery:
     taken_at: int | None = None
     declined_at: int | None = None
     decline_reason: str | None = None
+    concluded_at: int | None = None
+    outcome: str | None = None  # a code (receipt outcome), never the reasons
 
     @property
     def waiting(self) -> bool:
@@ -178,6 +183,8 @@ class Delivery:
             "taken_at": self.taken_at,
             "declined_at": self.declined_at,
             "decline_reason": self.decline_reason,
+            "concluded_at": self.concluded_at,
+            "outcome": self.outcome,
             "take_delay_ms": self.take_delay_ms,
         }
 
@@ -257,7 +264,7 @@ class Flow:
     @property
     def taken(self) -> bool:
         """Someone (recipient or fallback) took it in charge."""
-        return any(d.state is DeliveryState.TAKEN_IN_CHARGE for d in self.deliveries.values())
+        return any(d.state in _TAKEN for d in self.deliveries.values())
 
     @property
     def declined_by_all(self) -> bool:
@@ -560,9 +567,13 @@ class FlowBook:
             delivery.delivered_at = delivery.delivered_at or when
         elif state is DeliveryState.TAKEN_IN_CHARGE:
             delivery.taken_at = delivery.taken_at or when
+            delivery.outcome = delivery.outcome or _text(record.get("outcome"))
         elif state is DeliveryState.DECLINED:
             delivery.declined_at = delivery.declined_at or when
             delivery.decline_reason = _text(record.get("decline_reason"))
+        elif state is DeliveryState.CONCLUDED:
+            delivery.concluded_at = delivery.concluded_at or when
+            delivery.outcome = _text(record.get("outcome"))
         if _RANK[state] > _RANK[delivery.state]:
             delivery.state = state
         return True
@@ -683,8 +694,9 @@ _STEP_ORDER: Final = {
     "DELIVERED": 3,
     "TAKEN_IN_CHARGE": 4,
     "DECLINED": 4,
-    "ESCALATED": 5,
-    "CLOSED": 6,
+    "CONCLUDED": 5,
+    "ESCALATED": 6,
+    "CLOSED": 7,
 }
 
 
@@ -706,6 +718,8 @@ def _flow_steps(flow: Flow) -> list[Step]:
             steps.append(Step(d.taken_at, "TAKEN_IN_CHARGE", partner, d.role))
         if d.declined_at is not None:
             steps.append(Step(d.declined_at, "DECLINED", partner, d.decline_reason or ""))
+        if d.concluded_at is not None:
+            steps.append(Step(d.concluded_at, "CONCLUDED", partner, d.outcome or ""))
     if flow.escalation is not None:
         e = flow.escalation
         detail = f"overdue: {', '.join(e.overdue) or '-'}; to {', '.join(e.fallback) or '-'}"

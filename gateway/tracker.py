@@ -12,7 +12,8 @@ Inputs, each through a durable consumer, acked only after the SQLite commit:
   A receipt for an event not known yet is kept until its ``ROUTED`` record arrives.
 
 State per (event, recipient): ``ROUTED`` → ``DELIVERED`` → ``TAKEN_IN_CHARGE`` /
-``DECLINED``, moving forward only, so duplicate and out-of-order receipts change nothing.
+``DECLINED``, then ``CONCLUDED`` (with an outcome) after ``TAKEN_IN_CHARGE``, moving forward
+only, so duplicate and out-of-order receipts change nothing.
 Each change is written to the audit log (``RECEIPT``, Nats-Msg-Id
 ``<event id>:<partner>:<state>``) *before* the commit: a crash in between replays the same
 change, which the broker deduplicates.
@@ -28,6 +29,10 @@ twice. An event taken in charge by any recipient, or whose case was closed, is n
 escalated. A routed event of a closing rule (``runaway_ended``, routing ``case_ref`` = the
 alert's event id, ``alert_sender`` = the alert's sender) closes the alert's case for all its
 recipients (``CLOSED``).
+
+Every change of an (event, recipient), and every escalation, is also a step told to the
+event's sender in signed progress notices (:mod:`~relais.gateway.progress`), recorded in the
+same transaction as the change and sent after the commit.
 """
 
 from __future__ import annotations
@@ -51,11 +56,13 @@ from relais.gateway.delivery import publish_copy, publish_statement, statement_i
 from relais.gateway.jetstream import get_message
 from relais.gateway.metrics import TRACKER_CLOSED, TRACKER_ESCALATIONS, TRACKER_RECEIPTS
 from relais.gateway.policy import Policy
+from relais.gateway.progress import ProgressNotifier
 from relais.gateway.router import INGRESS_STREAM
 from relais.gateway.tracker_store import (
     EarlyReceipt,
     EventState,
     PartyState,
+    StepState,
     TrackedEvent,
     TrackerStore,
 )
@@ -109,7 +116,7 @@ class Change:
 class _Receipt:
     msg: Msg
     signer: str
-    entries: tuple[tuple[uuid.UUID, PartyState, str | None, int], ...]
+    entries: tuple[tuple[uuid.UUID, EarlyReceipt], ...]
 
 
 class Tracker:
@@ -132,6 +139,14 @@ class Tracker:
         self._config = config or TrackerConfig()
         self._clock = clock
         self._lock = asyncio.Lock()  # one unit of work on the store at a time
+        self.progress = ProgressNotifier(
+            conn,
+            store,
+            signer,
+            partnership=lambda: self.policy.directory.partnership,
+            lock=self._lock,
+            clock=clock,
+        )
 
     # -- loops ---------------------------------------------------------------------------------
 
@@ -168,7 +183,14 @@ class Tracker:
                 await self.escalate_due()
             except Exception as exc:  # noqa: BLE001 - still open: retried at the next tick
                 _log.error("tracker.escalation_failed", reason=_reason(exc))
+            await self._send_progress()  # what an earlier flush could not send
             await _pause(stop, self._config.tick)
+
+    async def _send_progress(self) -> None:
+        try:
+            await self.progress.flush()
+        except Exception as exc:  # noqa: BLE001 - the steps stay stored: sent at the next tick
+            _log.warning("tracker.progress_failed", reason=_reason(exc))
 
     async def _commit(self, msgs: list[Msg], work: Callable[[], list[Change]]) -> None:
         """Run ``work`` in one transaction, audit its changes, commit, then ack ``msgs``."""
@@ -192,6 +214,7 @@ class Tracker:
             await self._conn.ack(msg)
         for change in changes:
             self._log_change(change)
+        await self._send_progress()
 
     # -- audit records -------------------------------------------------------------------------
 
@@ -229,12 +252,18 @@ class Tracker:
                 if state is EventState.ESCALATED:
                     for fallback in event.fallback:
                         self._store.add_party(event.event_id, fallback, "fallback", at)
+                    overdue = [str(p) for p in record.get("overdue") or ()]
+                    self.progress.escalated(event, overdue, bool(record.get("released")), at)
         return []
 
     def _routed(self, record: dict[str, Any]) -> list[Change]:
         if not self._store.add_event(record):
             return []
         event_id = uuid.UUID(record["event_id"])
+        event = self._store.event(event_id)
+        if event is not None:  # just added
+            for partner in record["recipients"]:
+                self.progress.step(event, partner, "recipient", StepState.ROUTED, event.routed_at)
         changes = [
             c
             for early in self._store.take_early(event_id)
@@ -316,8 +345,7 @@ class Tracker:
             """Apply every entry of every accepted receipt."""
             changes: list[Change] = []
             for receipt in accepted:
-                for event_id, state, reason, at in receipt.entries:
-                    entry = EarlyReceipt(receipt.signer, state, reason, at)
+                for event_id, entry in receipt.entries:
                     change = self._apply(event_id, entry)
                     if change is not None:
                         changes.append(change)
@@ -335,6 +363,8 @@ class Tracker:
             reason = None
             if not (statement.signer == partner == statement.record["recipient"]):
                 reason = Reason.SIGNER_NOT_INGRESS_IDENTITY
+            elif not all(_outcome_fits(e) for e in statement.record["entries"]):
+                reason = Reason.INVALID_PAYLOAD
         except EnvelopeError as exc:
             reason = exc.reason
         if reason is not None:
@@ -343,9 +373,13 @@ class Tracker:
         entries = tuple(
             (
                 uuid.UUID(str(e["event_id"])),
-                PartyState(e["state"]),
-                e.get("decline_reason"),
-                _ms(e["at"]),
+                EarlyReceipt(
+                    statement.signer,
+                    PartyState(e["state"]),
+                    e.get("decline_reason"),
+                    _ms(e["at"]),
+                    e.get("outcome"),
+                ),
             )
             for e in statement.record["entries"]
         )
@@ -363,17 +397,28 @@ class Tracker:
         role = "fallback" if entry.partner in event.fallback else "recipient"
         self._store.add_party(event_id, entry.partner, role, entry.at)
         if not self._store.advance(
-            event_id, entry.partner, entry.state, entry.decline_reason, entry.at
+            event_id, entry.partner, entry.state, entry.decline_reason, entry.at, entry.outcome
         ):
             return None
-        if entry.state is PartyState.TAKEN_IN_CHARGE and event.state is EventState.OPEN:
+        taking = entry.state in (PartyState.TAKEN_IN_CHARGE, PartyState.CONCLUDED)
+        if taking and event.state is EventState.OPEN:
             self._store.set_state(event_id, EventState.TAKEN, self._clock())
+        self.progress.step(
+            event,
+            entry.partner,
+            role,
+            StepState(entry.state.value),
+            entry.at,
+            decline_reason=entry.decline_reason,
+            outcome=entry.outcome,
+        )
         fields = {
             "event_id": str(event_id),
             "event_type": event.event_type,
             "partner": entry.partner,
             "state": entry.state.value,
             "decline_reason": entry.decline_reason,
+            "outcome": entry.outcome,
             "receipt_at": entry.at,
             "at": self._clock(),
         }
@@ -393,6 +438,8 @@ class Tracker:
                     continue  # taken in charge or closed meanwhile
                 await self._escalate(current)
             done.append(event.event_id)
+        if done:
+            await self._send_progress()
         return done
 
     async def _original(self, event: TrackedEvent) -> bytes | None:
@@ -440,6 +487,7 @@ class Tracker:
             self._store.set_state(event.event_id, EventState.ESCALATED, now)
             for fallback in event.fallback:
                 self._store.add_party(event.event_id, fallback, "fallback", now)
+            self.progress.escalated(event, overdue, original is not None, now)
         TRACKER_ESCALATIONS.labels(event.priority).inc()
         _log.info(
             "tracker.escalated",
@@ -527,6 +575,15 @@ class Tracker:
         elif change.kind is AuditKind.CLOSED:
             TRACKER_CLOSED.inc()
             _log.info("tracker.closed", event_id=fields["event_id"], closed_by=fields["closed_by"])
+
+
+def _outcome_fits(entry: Mapping[str, Any]) -> bool:
+    """A ``CONCLUDED`` entry names its outcome (a conclusion, not ``ASSESSMENT_UNDER_WAY``);
+    only ``TAKEN_IN_CHARGE`` and ``CONCLUDED`` entries may carry one."""
+    state, outcome = entry["state"], entry.get("outcome")
+    if state == PartyState.CONCLUDED:
+        return outcome is not None and outcome != "ASSESSMENT_UNDER_WAY"
+    return outcome is None or state == PartyState.TAKEN_IN_CHARGE
 
 
 def _reason(exc: Exception) -> str:

@@ -5,9 +5,15 @@ Tables::
     events    one row per routed event: who, which rule, the ingress sequence and digest of
               the original envelope, its deadline, its state (open, taken, escalated, closed)
     parties   one row per (event, partner): role (recipient, fallback) and state
-              (ROUTED < DELIVERED < TAKEN_IN_CHARGE | DECLINED), with the decline reason
+              (ROUTED < DELIVERED < TAKEN_IN_CHARGE | DECLINED; TAKEN_IN_CHARGE < CONCLUDED),
+              with the decline reason and the outcome
     early     receipt entries for events not known yet (their ROUTED audit record is late)
     closures  closing events (runaway ended) whose case is not known yet
+    steps     the progress of each (event, partner) still to tell, or told, its sender: one
+              row per step (unique), written with the change it reports, later attached to
+              the progress notice that carries it
+    notices   signed progress notices, kept until the broker acknowledged them (a notice
+              re-sent after a crash is the same bytes, so the duplicate window absorbs it)
 
 Every change is idempotent: an event is inserted once, a party's state only moves forward
 (a duplicate, older or conflicting receipt changes nothing), an event leaves ``open`` once.
@@ -34,6 +40,9 @@ __all__ = [
     "EventState",
     "Party",
     "PartyState",
+    "Step",
+    "StepState",
+    "StoredNotice",
     "TrackedEvent",
     "TrackerStore",
 ]
@@ -61,6 +70,7 @@ CREATE TABLE IF NOT EXISTS parties (
     state TEXT NOT NULL,
     decline_reason TEXT,
     at INTEGER NOT NULL,
+    outcome TEXT,
     PRIMARY KEY (event_id, partner)
 );
 CREATE TABLE IF NOT EXISTS early (
@@ -69,6 +79,7 @@ CREATE TABLE IF NOT EXISTS early (
     state TEXT NOT NULL,
     decline_reason TEXT,
     at INTEGER NOT NULL,
+    outcome TEXT,
     PRIMARY KEY (event_id, partner, state)
 );
 CREATE TABLE IF NOT EXISTS closures (
@@ -78,7 +89,37 @@ CREATE TABLE IF NOT EXISTS closures (
     alert_sender TEXT,
     at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    partner TEXT NOT NULL,
+    role TEXT NOT NULL,
+    state TEXT NOT NULL,
+    decline_reason TEXT,
+    outcome TEXT,
+    escalated_to TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    notice_id TEXT,
+    UNIQUE (event_id, partner, state)
+);
+CREATE INDEX IF NOT EXISTS steps_pending ON steps (id) WHERE notice_id IS NULL;
+CREATE TABLE IF NOT EXISTS notices (
+    notice_id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    event_id TEXT,
+    data BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    published_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS notices_unpublished ON notices (created_at)
+    WHERE published_at IS NULL;
 """
+# Columns added since the first version of the database: (table, column, declaration).
+_ADDED_COLUMNS: Final = (("parties", "outcome", "TEXT"), ("early", "outcome", "TEXT"))
 
 
 class EventState(StrEnum):
@@ -97,11 +138,19 @@ class PartyState(StrEnum):
     DELIVERED = "DELIVERED"
     TAKEN_IN_CHARGE = "TAKEN_IN_CHARGE"
     DECLINED = "DECLINED"
+    CONCLUDED = "CONCLUDED"  # taken in charge, and the partner reported what follows
 
     @property
     def rank(self) -> int:
-        """Order of the states; TAKEN_IN_CHARGE and DECLINED are both final."""
+        """Order of the states; DECLINED is final, CONCLUDED comes after TAKEN_IN_CHARGE."""
         return _RANK[self]
+
+    def follows(self, current: PartyState) -> bool:
+        """True when a party in ``current`` may move to this state (forward only; a
+        declined event is never concluded)."""
+        if current is PartyState.DECLINED:
+            return False
+        return self.rank > current.rank
 
 
 _RANK: Final = {
@@ -109,7 +158,19 @@ _RANK: Final = {
     PartyState.DELIVERED: 1,
     PartyState.TAKEN_IN_CHARGE: 2,
     PartyState.DECLINED: 2,
+    PartyState.CONCLUDED: 3,
 }
+
+
+class StepState(StrEnum):
+    """A step of an (event, partner) told to the event's sender (progress notices)."""
+
+    ROUTED = "ROUTED"
+    DELIVERED = "DELIVERED"
+    TAKEN_IN_CHARGE = "TAKEN_IN_CHARGE"
+    DECLINED = "DECLINED"
+    CONCLUDED = "CONCLUDED"
+    ESCALATED = "ESCALATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +200,7 @@ class Party:
     state: PartyState
     decline_reason: str | None
     at: int
+    outcome: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +211,36 @@ class EarlyReceipt:
     state: PartyState
     decline_reason: str | None
     at: int
+    outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step to tell the sender of an event (a row of ``steps``)."""
+
+    sender: str
+    priority: str  # of the progress notice that carries it (URGENT or ROUTINE)
+    event_id: uuid.UUID
+    event_type: str
+    partner: str
+    role: str  # "recipient" or "fallback"
+    state: StepState
+    at: int
+    decline_reason: str | None = None
+    outcome: str | None = None
+    escalated_to: tuple[str, ...] = ()
+    id: int = 0  # set when read back from the store
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNotice:
+    """A signed progress notice the broker has not acknowledged yet."""
+
+    notice_id: str
+    sender: str
+    priority: str
+    event_id: str | None  # when every step of it is about one event
+    data: bytes
 
 
 def _event(row: sqlite3.Row) -> TrackedEvent:
@@ -179,9 +271,17 @@ class TrackerStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._add_columns()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the tracker database {path}: {exc}") from exc
         self._depth = 0
+
+    def _add_columns(self) -> None:
+        """Bring a database made by an earlier version up to date (columns only added)."""
+        for table, column, declaration in _ADDED_COLUMNS:
+            known = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in known:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         """Close the database."""
@@ -260,7 +360,7 @@ class TrackerStore:
     def add_party(self, event_id: uuid.UUID, partner: str, role: str, at: int) -> None:
         """A recipient or fallback recipient of an event, in state ROUTED (kept if present)."""
         self._db.execute(
-            "INSERT OR IGNORE INTO parties VALUES (?,?,?,?,NULL,?)",
+            "INSERT OR IGNORE INTO parties (event_id, partner, role, state, at) VALUES (?,?,?,?,?)",
             (str(event_id), partner, role, PartyState.ROUTED.value, at),
         )
 
@@ -271,7 +371,14 @@ class TrackerStore:
             (str(event_id),),
         )
         return [
-            Party(r["partner"], r["role"], PartyState(r["state"]), r["decline_reason"], r["at"])
+            Party(
+                r["partner"],
+                r["role"],
+                PartyState(r["state"]),
+                r["decline_reason"],
+                r["at"],
+                r["outcome"],
+            )
             for r in rows.fetchall()
         ]
 
@@ -282,18 +389,19 @@ class TrackerStore:
         state: PartyState,
         decline_reason: str | None,
         at: int,
+        outcome: str | None = None,
     ) -> bool:
         """Move a party forward to ``state``; False when that is not forward (nothing changes)."""
         row = self._db.execute(
             "SELECT state FROM parties WHERE event_id = ? AND partner = ?",
             (str(event_id), partner),
         ).fetchone()
-        if row is None or PartyState(row["state"]).rank >= state.rank:
+        if row is None or not state.follows(PartyState(row["state"])):
             return False
         self._db.execute(
-            "UPDATE parties SET state = ?, decline_reason = ?, at = ?"
+            "UPDATE parties SET state = ?, decline_reason = ?, at = ?, outcome = ?"
             " WHERE event_id = ? AND partner = ?",
-            (state.value, decline_reason, at, str(event_id), partner),
+            (state.value, decline_reason, at, outcome, str(event_id), partner),
         )
         return True
 
@@ -302,8 +410,16 @@ class TrackerStore:
     def park_receipt(self, event_id: uuid.UUID, entry: EarlyReceipt) -> None:
         """Keep a receipt entry until its event is known."""
         self._db.execute(
-            "INSERT OR IGNORE INTO early VALUES (?,?,?,?,?)",
-            (str(event_id), entry.partner, entry.state.value, entry.decline_reason, entry.at),
+            "INSERT OR IGNORE INTO early (event_id, partner, state, decline_reason, at, outcome)"
+            " VALUES (?,?,?,?,?,?)",
+            (
+                str(event_id),
+                entry.partner,
+                entry.state.value,
+                entry.decline_reason,
+                entry.at,
+                entry.outcome,
+            ),
         )
 
     def take_early(self, event_id: uuid.UUID) -> list[EarlyReceipt]:
@@ -313,7 +429,9 @@ class TrackerStore:
         ).fetchall()
         self._db.execute("DELETE FROM early WHERE event_id = ?", (str(event_id),))
         return [
-            EarlyReceipt(r["partner"], PartyState(r["state"]), r["decline_reason"], r["at"])
+            EarlyReceipt(
+                r["partner"], PartyState(r["state"]), r["decline_reason"], r["at"], r["outcome"]
+            )
             for r in rows
         ]
 
@@ -340,3 +458,78 @@ class TrackerStore:
             return None
         self._db.execute("DELETE FROM closures WHERE case_ref = ?", (str(case_ref),))
         return dict(row)
+
+    # -- progress steps and notices ----------------------------------------------------------
+
+    def add_step(self, step: Step) -> bool:
+        """Record a step to tell the sender; False when that step was recorded already."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO steps (sender, priority, event_id, event_type, partner, role,"
+            " state, decline_reason, outcome, escalated_to, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                step.sender,
+                step.priority,
+                str(step.event_id),
+                step.event_type,
+                step.partner,
+                step.role,
+                step.state.value,
+                step.decline_reason,
+                step.outcome,
+                json.dumps(sorted(step.escalated_to)),
+                step.at,
+            ),
+        )
+        return bool(cursor.rowcount)
+
+    def pending_steps(self, limit: int) -> list[Step]:
+        """Steps no notice carries yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM steps WHERE notice_id IS NULL ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [
+            Step(
+                sender=r["sender"],
+                priority=r["priority"],
+                event_id=uuid.UUID(r["event_id"]),
+                event_type=r["event_type"],
+                partner=r["partner"],
+                role=r["role"],
+                state=StepState(r["state"]),
+                at=r["at"],
+                decline_reason=r["decline_reason"],
+                outcome=r["outcome"],
+                escalated_to=tuple(json.loads(r["escalated_to"])),
+                id=r["id"],
+            )
+            for r in rows
+        ]
+
+    def save_notice(self, notice: StoredNotice, step_ids: list[int], at: int) -> None:
+        """Keep a signed notice and attach the steps it carries."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO notices (notice_id, sender, priority, event_id, data,"
+            " created_at) VALUES (?,?,?,?,?,?)",
+            (notice.notice_id, notice.sender, notice.priority, notice.event_id, notice.data, at),
+        )
+        self._db.executemany(
+            "UPDATE steps SET notice_id = ? WHERE id = ?",
+            [(notice.notice_id, step_id) for step_id in step_ids],
+        )
+
+    def unpublished_notices(self) -> list[StoredNotice]:
+        """Signed notices the broker has not acknowledged yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM notices WHERE published_at IS NULL ORDER BY created_at, notice_id"
+        ).fetchall()
+        return [
+            StoredNotice(r["notice_id"], r["sender"], r["priority"], r["event_id"], r["data"])
+            for r in rows
+        ]
+
+    def notices_published(self, notice_ids: list[str], at: int) -> None:
+        """Record the broker's acknowledgement of notices."""
+        self._db.executemany(
+            "UPDATE notices SET published_at = ? WHERE notice_id = ?",
+            [(at, notice_id) for notice_id in notice_ids],
+        )

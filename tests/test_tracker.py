@@ -78,9 +78,10 @@ def receipt(territory, partner: str, *entries, signer: str | None = None) -> byt
                 "event_id": event_id,
                 "state": state,
                 "decline_reason": reason,
+                "outcome": outcome[0] if outcome else None,
                 "at": datetime.now(UTC),
             }
-            for event_id, state, reason in entries
+            for event_id, state, reason, *outcome in entries
         ],
     }
     return sign_statement(
@@ -299,3 +300,73 @@ async def test_refused_receipts(world, demo_territory, sealer, gateway_runner):
     assert {p.partner: p.state for p in run.store.parties(event_id)} == {CRIP: PartyState.ROUTED}
     assert run.store.event(event_id).state is EventState.OPEN
     assert [r["kind"] for r in await records_about(run.conn, event_id)] == ["ROUTED"]
+
+
+async def test_outcomes_and_progress_notices_to_the_sender(
+    world, demo_territory, sealer, gateway_runner
+):
+    """A danger declaration's ladder reaches the school in signed progress notices, the
+    CRIP's outcome included; receipts that misuse ``outcome`` are refused whole."""
+    t = demo_territory
+    run = await gateway_runner(world, t)
+    data = sealer(
+        t, EventType.DANGER_DECLARATION, sample_event(EventType.DANGER_DECLARATION), sender=SCHOOL
+    )
+    event_id = peek_header(data).event_id
+    await publish_as(world, SCHOOL, "in", data)
+    await until(lambda: run.store.event(event_id), "the tracker learns the event")
+    taken = receipt(
+        t,
+        CRIP,
+        (event_id, "DELIVERED", None),
+        (event_id, "TAKEN_IN_CHARGE", None, "ASSESSMENT_UNDER_WAY"),
+    )
+    await publish_as(world, CRIP, "rcpt", taken)
+    for wrong in (
+        (event_id, "CONCLUDED", None),  # a conclusion names its outcome
+        (event_id, "CONCLUDED", None, "ASSESSMENT_UNDER_WAY"),  # which is not a conclusion
+        (event_id, "DECLINED", "DUPLICATE", "NO_DANGER_FOUND"),  # a decline has none
+    ):
+        await publish_as(world, CRIP, "rcpt", receipt(t, CRIP, wrong))
+    await drained(run.conn, "RECEIPTS", "tracker")
+    crip = next(p for p in run.store.parties(event_id) if p.partner == CRIP)
+    assert (crip.state, crip.outcome) == (PartyState.TAKEN_IN_CHARGE, "ASSESSMENT_UNDER_WAY")
+    await publish_as(
+        world, CRIP, "rcpt", receipt(t, CRIP, (event_id, "CONCLUDED", None, "NO_DANGER_FOUND"))
+    )
+    await until(
+        lambda: (
+            next(p for p in run.store.parties(event_id) if p.partner == CRIP).state
+            is PartyState.CONCLUDED
+        ),
+        "the conclusion is applied",
+    )
+    assert run.store.event(event_id).state is EventState.TAKEN
+    receipts = [r for r in await records_about(run.conn, event_id) if r["kind"] == "RECEIPT"]
+    assert [(r["state"], r["outcome"]) for r in receipts] == [
+        ("DELIVERED", None),
+        ("TAKEN_IN_CHARGE", "ASSESSMENT_UNDER_WAY"),
+        ("CONCLUDED", "NO_DANGER_FOUND"),
+    ]
+
+    async def told() -> list[dict[str, Any]]:
+        notices = [m for _, m in await pull(world, SCHOOL, Priority.URGENT, event_id)]
+        for msg in notices:
+            assert msg.data[4] == 0x05
+            assert msg.headers["Relais-Type"] == "progress_notice"
+        steps.extend(
+            s for msg in notices for s in verify_statement(msg.data, keys=t.keys()).record["steps"]
+        )
+        return [s for s in steps if s["state"] == "CONCLUDED"]
+
+    steps: list[dict[str, Any]] = []
+    deadline = time.monotonic() + BOUND
+    while not await told():
+        assert time.monotonic() < deadline, "no progress notice with the conclusion"
+    assert [(s["partner"], s["state"], s["outcome"]) for s in steps] == [
+        (CRIP, "ROUTED", None),
+        (CRIP, "DELIVERED", None),
+        (CRIP, "TAKEN_IN_CHARGE", "ASSESSMENT_UNDER_WAY"),
+        (CRIP, "CONCLUDED", "NO_DANGER_FOUND"),
+    ]
+    assert all(s["event_id"] == event_id and s["role"] == "RECIPIENT" for s in steps)
