@@ -6,85 +6,78 @@ loopback unless told otherwise. Errors are ``application/problem+json`` (RFC 945
 stable ``reason`` code and, for invalid input, the offending field names (never values)::
 
     POST /v1/events/{event_type}        submit (JSON; Idempotency-Key honoured) -> 202
+                                        (one path per event type in the document)
     GET  /v1/events/{event_id}          state of a submitted event
     GET  /v1/inbox?state=&after=&limit= received events, decrypted on read
     GET  /v1/inbox/{event_id}           one received event, decrypted
     POST /v1/inbox/{event_id}/take-charge          -> signed TAKEN_IN_CHARGE receipt
     POST /v1/inbox/{event_id}/decline   {"reason"} -> signed DECLINED receipt
-    GET  /v1/notices?after=&limit=      rejections and escalation notices
+    POST /v1/inbox/{event_id}/conclude  {"outcome"} -> signed CONCLUDED receipt
+    GET  /v1/notices?after=&limit=      rejections, escalation and progress notices
 
 A submission is answered ``202`` once sealed and durable in the outbox (it is published in
 the background); the answer holds the event id and the recipients the rules gave. The body
-is capped (``max_body_bytes``) while it is read, before any parsing.
+is capped (``max_body_bytes``) while it is read, before any parsing (``413``), then checked
+against the event type's JSON Schema, which the OpenAPI document publishes
+(:mod:`relais.agents.validation`).
+
+No input is answered ``5xx``: every relais error becomes a typed problem (``4xx``, or ``503``
+when the agent itself cannot serve: not ready, its own key not valid), and anything else an
+opaque ``500`` that is logged as its error class only. Each problem is logged as one line of
+codes (status, reason, field codes), never paths or values.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relais.agents.models import InboxState
-from relais.agents.runtime import DECLINE_REASONS, Agent
-from relais.agents.views import item_json, notice_json, sent_json, submission_json
-from relais.schemas.domain import EVENT_TYPES
-from relais.schemas.errors import (
-    EnvelopeError,
-    PayloadError,
-    Reason,
-    RelaisError,
-    RoutingError,
-    SchemaError,
+from relais.agents.problems import (
+    PROBLEM_JSON,
+    ApiProblem,
+    Problem,
+    body_too_large,
+    install_handlers,
+    pydantic_problems,
 )
+from relais.agents.runtime import CONCLUSIONS, DECLINE_REASONS, OUTCOMES, Agent
+from relais.agents.validation import Code, FieldProblem, parse_json_object
+from relais.agents.views import item_json, notice_json, sent_json, submission_json
+from relais.schemas.domain import EVENT_TYPES, SecrecyClass
+from relais.schemas.errors import Reason
+from relais.schemas.jsonschema import openapi_components
 
 __all__ = ["API_VERSION", "ApiProblem", "create_app", "openapi_document"]
 
 API_VERSION: Final = "1.0.0"
-PROBLEM_JSON: Final = "application/problem+json"
 _EVENT_TYPE_NAMES: Final = sorted(t.value for t in EVENT_TYPES)
-_TITLES: Final = {
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Content",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 _IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x21-\x7e]{1,255}$"
+_MAX_CURSOR: Final = 2**63 - 1  # SQLite integers are signed 64-bit
+_COMPONENTS, _BODIES = openapi_components()
+_DESCRIPTION: Final = (
+    "Each `POST /v1/events/<type>` body is the JSON form of that event type's Avro schema,"
+    " given here as a JSON Schema (also printed by `relais schemas show <type>`, with an"
+    " example from `relais schemas sample <type>`): RFC 3339 date-times with their offset,"
+    " `YYYY-MM-DD` dates, base64 bytes. Errors are RFC 9457 problems: `reason` is a relais"
+    " reason code, each `errors[]` entry names a field path and a stable `code`, never a"
+    " submitted value. Statuses: 202 accepted (durable); 401 token; 403 sender not allowed"
+    " by the rule; 404 unknown id; 409 idempotency key reused, no rule, state conflict;"
+    " 413 body too large; 415 not JSON; 422 invalid input; 503 the agent cannot serve now."
+)
 
 Priority = Literal["FLASH", "URGENT", "ROUTINE"]
 
 
 # -- documented shapes -------------------------------------------------------------------------
-
-
-class ProblemField(BaseModel):
-    """One invalid field: its name or path, and what is wrong (never its value)."""
-
-    field: str
-    problem: str
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details, with the relais reason code."""
-
-    type: str
-    title: str
-    status: int
-    detail: str | None = None
-    reason: str
-    errors: list[ProblemField] = Field(default_factory=list)
 
 
 class SubmissionOut(BaseModel):
@@ -97,15 +90,50 @@ class SubmissionOut(BaseModel):
     fallback: list[str]
     rule: str
     triage: bool
+    edition: int  # the configuration edition (directory serial) the routing was decided by
+
+
+class RungOut(BaseModel):
+    """Where a sent event stands at one recipient: each step the gateway reported, timed.
+
+    ``state`` is the most advanced step (``pending`` until the gateway routed the event);
+    times are ISO 8601 UTC (the gateway's clock for routing and escalation, the recipient's
+    signed time for its receipts), ``null`` for a step not reached.
+    """
+
+    partner: str
+    role: Literal["recipient", "fallback"]
+    state: Literal["pending", "routed", "delivered", "taken_in_charge", "declined", "concluded"]
+    routed_at: str | None
+    delivered_at: str | None
+    taken_in_charge_at: str | None
+    declined_at: str | None
+    decline_reason: str | None = Field(json_schema_extra={"enum": [*DECLINE_REASONS, None]})
+    concluded_at: str | None
+    outcome: str | None = Field(json_schema_extra={"enum": [*OUTCOMES, None]})
+    escalated_at: str | None
+    escalated_to: list[str]
 
 
 class SentEventOut(SubmissionOut):
-    """A submitted event and where it stands."""
+    """A submitted event, where it stands (derived from the ladders) and each recipient's
+    ladder (the recipients, then the fallback recipients it was escalated to)."""
 
-    state: Literal["queued", "published", "rejected", "escalated"]
+    state: Literal[
+        "queued",
+        "published",
+        "rejected",
+        "routed",
+        "delivered",
+        "declined",
+        "escalated",
+        "taken_in_charge",
+        "concluded",
+    ]
     reason: str | None
     created_at: str | None
     published_at: str | None
+    ladder: list[RungOut]
 
 
 class InboxItemOut(BaseModel):
@@ -121,6 +149,10 @@ class InboxItemOut(BaseModel):
     received_at: str | None
     state: Literal["delivered", "taken_in_charge", "declined"]
     decline_reason: str | None
+    outcome: str | None = Field(
+        default=None,
+        description="What this partner reported on the case (take-charge or conclude).",
+    )
     cursor: int
     fields: dict[str, Any]
     opened_sections: list[str]
@@ -136,11 +168,13 @@ class InboxPage(BaseModel):
 
 
 class NoticeOut(BaseModel):
-    """A rejection of an event sent from here, or an escalation notice (metadata only)."""
+    """A rejection of an event sent from here, an escalation notice, or a progress notice
+    (the steps of events sent from here at their recipients); metadata only. ``event_id`` is
+    ``null`` for a progress notice about several events (``record.steps`` names them)."""
 
     notice_id: str
-    kind: Literal["rejection", "escalation_notice"]
-    event_id: str
+    kind: Literal["rejection", "escalation_notice", "progress_notice"]
+    event_id: str | None
     priority: Priority
     received_at: str | None
     cursor: int
@@ -160,6 +194,21 @@ class DeclineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(json_schema_extra={"enum": list(DECLINE_REASONS)})
+
+
+class ConcludeIn(BaseModel):
+    """What follows from a case taken in charge (told to the event's sender)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: str = Field(json_schema_extra={"enum": list(CONCLUSIONS)})
+
+
+class ConcludeOut(BaseModel):
+    """The outcome recorded; the signed ``CONCLUDED`` receipt is queued for the broker."""
+
+    event_id: uuid.UUID
+    outcome: str
 
 
 class ActionOut(BaseModel):
@@ -183,101 +232,10 @@ class ReadyOut(BaseModel):
     keys: bool
     directory: bool
     nats: bool
-
-
-# -- problems ----------------------------------------------------------------------------------
-
-
-class ApiProblem(Exception):
-    """An error answered as problem+json."""
-
-    def __init__(
-        self,
-        status: int,
-        reason: Reason | str,
-        detail: str | None = None,
-        errors: list[tuple[str, str]] | None = None,
-    ) -> None:
-        super().__init__(detail or str(reason))
-        self.status = status
-        self.reason = str(reason)
-        self.detail = detail
-        self.errors = errors or []
-
-    def response(self) -> JSONResponse:
-        """The problem+json response."""
-        body = {
-            "type": f"urn:relais:problem:{self.reason.lower()}",
-            "title": _TITLES.get(self.status, "Error"),
-            "status": self.status,
-            "detail": self.detail,
-            "reason": self.reason,
-            "errors": [{"field": f, "problem": p} for f, p in self.errors],
-        }
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body, status_code=self.status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def _field_problems(fields: tuple[str, ...]) -> list[tuple[str, str]]:
-    out = []
-    for text in fields:
-        name, _, rest = text.partition(" (")
-        out.append((name, rest.rstrip(")") or "does not fit the schema"))
-    return out
-
-
-def problem_for(exc: RelaisError) -> ApiProblem:
-    """The HTTP problem for a relais error."""
-    reason = exc.reason
-    if isinstance(exc, PayloadError):
-        return ApiProblem(422, reason, "invalid fields", _field_problems(exc.fields))
-    if isinstance(exc, SchemaError):
-        return ApiProblem(
-            422, Reason.UNKNOWN_TYPE, "unknown event type", [("event_type", "unknown")]
-        )
-    if isinstance(exc, RoutingError):
-        status = 403 if reason is Reason.SENDER_NOT_ALLOWED else 409
-        return ApiProblem(status, reason, str(exc))
-    if isinstance(exc, EnvelopeError):
-        if reason is Reason.OVERSIZE:
-            return ApiProblem(422, reason, "the sealed event is too large", [("body", "too large")])
-        return ApiProblem(503, reason, "this partner's key is not valid in the directory")
-    if reason is Reason.UNKNOWN_EVENT:
-        return ApiProblem(404, reason, "no such event")
-    if reason is Reason.STATE_CONFLICT:
-        return ApiProblem(409, reason, str(exc))
-    if reason in (Reason.NOT_READY, Reason.STORE_FAILED):
-        return ApiProblem(503, reason, "the agent is not ready")
-    return ApiProblem(500, reason, "internal error")
-
-
-async def _on_problem(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ApiProblem):
-        return exc.response()
-    return ApiProblem(500, "INTERNAL").response()
-
-
-async def _on_relais_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, RelaisError):
-        return problem_for(exc).response()
-    return ApiProblem(500, "INTERNAL").response()
-
-
-async def _on_validation(request: Request, exc: Exception) -> Response:
-    errors: list[tuple[str, str]] = []
-    reason = Reason.INVALID_PAYLOAD
-    if isinstance(exc, RequestValidationError):
-        for err in exc.errors():
-            loc = [
-                str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")
-            ]
-            errors.append((".".join(loc) or "body", str(err.get("type", "invalid"))))
-    return ApiProblem(422, reason, "invalid request", errors).response()
-
-
-async def _on_http(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
-    return ApiProblem(status, "HTTP_" + str(status), _TITLES.get(status)).response()
+    outbox_blocked: str | None = Field(
+        default=None,
+        description="Reason code while the outbox cannot publish (its events stay queued).",
+    )
 
 
 # -- dependencies ------------------------------------------------------------------------------
@@ -310,40 +268,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def _read_json_object(request: Request, cap: int) -> dict[str, Any]:
+    """The body as a JSON object: media type (``415``), size before parsing (``413``)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise ApiProblem(415, Reason.INVALID_PAYLOAD, "send application/json")
+        problem = FieldProblem("content-type", Code.UNSUPPORTED_MEDIA_TYPE)
+        raise ApiProblem(415, Reason.INVALID_PAYLOAD, "send application/json", [problem])
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise ApiProblem(422, Reason.OVERSIZE, "body too large", [("body", "too large")])
+        raise body_too_large()
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > cap:
-            raise ApiProblem(422, Reason.OVERSIZE, "body too large", [("body", "too large")])
+            raise body_too_large()
         chunks.append(chunk)
-    try:
-        value = json.loads(
-            b"".join(chunks),
-            object_pairs_hook=_unique_members,
-            parse_constant=_no_constant,
-        )
-    except (ValueError, RecursionError) as exc:
-        raise ApiProblem(422, Reason.INVALID_PAYLOAD, "not JSON", [("body", "not JSON")]) from exc
-    if not isinstance(value, dict):
-        raise ApiProblem(422, Reason.INVALID_PAYLOAD, "not an object", [("body", "not an object")])
-    return value
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise ValueError("duplicate member")
-    return members
-
-
-def _no_constant(text: str) -> Any:
-    raise ValueError("NaN and infinities are not JSON")
+    return parse_json_object(b"".join(chunks))
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -352,41 +291,96 @@ events = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Depends(_
 inbox = APIRouter(prefix="/v1", tags=["inbox"], dependencies=[Depends(_authorised)])
 health = APIRouter(tags=["health"])
 
-_SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": (
-            "The event as JSON, per its Avro schema (relais schemas): ISO 8601 dates and"
-            " times, base64 bytes."
-        ),
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
+_SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {PROBLEM_JSON: {}}}
+    for code in (401, 403, 409, 413, 415, 422, 503)
 }
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=_IDEMPOTENCY_KEY_PATTERN,
+        description="Retry-safe submission: the same key with the same body answers the"
+        " first submission again; with another body, 409 IDEMPOTENCY_KEY_REUSED.",
+    ),
+]
+AcceptWithheld = Annotated[
+    list[SecrecyClass] | None,
+    Query(
+        description="Secret sections the caller accepts to see withheld when no recipient"
+        " of the event is entitled to them (otherwise 422 NO_ENTITLED_RECIPIENT).",
+    ),
+]
 
 
-@events.post(
-    "/{event_type}",
-    status_code=202,
-    response_model=SubmissionOut,
-    responses={**_ERRORS, 403: _ERRORS[409], 415: _ERRORS[409]},
-    openapi_extra=_SUBMIT_BODY,
-    summary="Submit an event",
-)
-async def submit_event(
+async def _submit(
     request: Request,
-    agent: AgentDep,
-    event_type: Annotated[str, Path(json_schema_extra={"enum": _EVENT_TYPE_NAMES})],
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", pattern=_IDEMPOTENCY_KEY_PATTERN)
-    ] = None,
+    agent: Agent,
+    event_type: str,
+    idempotency_key: str | None,
+    accept_withheld: list[SecrecyClass] | None,
 ) -> Response:
-    """Validate, route, seal and queue an event; answered once durable (``202``)."""
     body = await _read_json_object(request, request.app.state.max_body)
-    sub = await agent.submit(event_type, body, idempotency_key=idempotency_key)
+    withheld = tuple(c.value for c in accept_withheld or ())
+    sub = await agent.submit(
+        event_type, body, idempotency_key=idempotency_key, accept_withheld=withheld
+    )
     headers = {"Location": f"/v1/events/{sub.event_id}"}
     if sub.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(submission_json(sub), status_code=202, headers=headers)
+
+
+def _submit_route(event_type: str) -> Callable[..., Awaitable[Response]]:
+    async def submit(
+        request: Request,
+        agent: AgentDep,
+        idempotency_key: IdempotencyKey = None,
+        accept_withheld: AcceptWithheld = None,
+    ) -> Response:
+        return await _submit(request, agent, event_type, idempotency_key, accept_withheld)
+
+    submit.__doc__ = (
+        f"Validate a {event_type} against its schema, route, seal and queue it; answered"
+        " once durable (``202``)."
+    )
+    return submit
+
+
+# One path per event type rather than one templated path whose body is a oneOf: the event
+# type is in the path, not in the body, so an OpenAPI discriminator (which reads a body
+# property) could not select the schema; with a path each, every validator and code
+# generator knows the exact body of each operation (a typed method per event type), and a
+# request for an unknown type still gets a problem naming it (the hidden templated route).
+for _event_type in _EVENT_TYPE_NAMES:
+    events.add_api_route(
+        f"/{_event_type}",
+        _submit_route(_event_type),
+        methods=["POST"],
+        status_code=202,
+        response_model=SubmissionOut,
+        responses=_SUBMIT_ERRORS,
+        summary=f"Submit a {_event_type}",
+        operation_id=f"submit_{_event_type}",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": f"The {_event_type}, as JSON (see its schema).",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{_BODIES[_event_type]}"}
+                    }
+                },
+            }
+        },
+    )
+
+
+@events.post("/{event_type}", include_in_schema=False)
+async def submit_unknown(event_type: str) -> Response:
+    """Any other type: not an event type a partner may publish."""
+    problem = FieldProblem("event_type", Code.UNKNOWN_EVENT_TYPE, "unknown")
+    raise ApiProblem(422, Reason.UNKNOWN_TYPE, "unknown event type", [problem])
 
 
 @events.get("/{event_id}", response_model=SentEventOut, responses=_ERRORS, summary="Sent event")
@@ -402,7 +396,9 @@ async def get_event(agent: AgentDep, event_id: EventIdPath) -> Response:
 async def list_inbox(
     agent: AgentDep,
     state: Annotated[Literal["delivered", "taken_in_charge", "declined"] | None, Query()] = None,
-    after: Annotated[int, Query(ge=0, description="Cursor: the last item seen.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=_MAX_CURSOR, description="Cursor: the last item seen.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:
     """Received events after the cursor, oldest first, decrypted on read."""
@@ -444,20 +440,42 @@ async def take_charge(agent: AgentDep, event_id: EventIdPath) -> Response:
     responses=_ERRORS,
     summary="Decline",
 )
-async def decline(agent: AgentDep, event_id: EventIdPath, payload: DeclineIn) -> Response:
+async def decline(request: Request, agent: AgentDep, event_id: EventIdPath) -> Response:
     """Record that the partner declines the event; a signed receipt follows."""
+    # read like a submission (media type, size cap, depth), not by the framework's parser
+    body = await _read_json_object(request, request.app.state.max_body)
+    try:
+        payload = DeclineIn.model_validate(body)
+    except ValidationError as exc:
+        problems = pydantic_problems(exc.errors())
+        raise ApiProblem(422, Reason.INVALID_PAYLOAD, "invalid request", problems) from exc
     await agent.decline(event_id, payload.reason)
     body = {"event_id": str(event_id), "state": "declined", "decline_reason": payload.reason}
+    return JSONResponse(body, status_code=202)
+
+
+@inbox.post(
+    "/inbox/{event_id}/conclude",
+    status_code=202,
+    response_model=ConcludeOut,
+    responses=_ERRORS,
+    summary="Report the outcome",
+)
+async def conclude(agent: AgentDep, event_id: EventIdPath, payload: ConcludeIn) -> Response:
+    """Record what follows from a case taken in charge (e.g. the CRIP's decision on a danger
+    declaration); a signed ``CONCLUDED`` receipt follows and reaches the event's sender."""
+    await agent.conclude(event_id, payload.outcome)
+    body = {"event_id": str(event_id), "outcome": payload.outcome}
     return JSONResponse(body, status_code=202)
 
 
 @inbox.get("/notices", response_model=NoticePage, responses=_ERRORS, summary="Notices")
 async def list_notices(
     agent: AgentDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=_MAX_CURSOR)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:
-    """Rejections of events sent from here and escalation notices, oldest first."""
+    """Rejections and progress of events sent from here, escalation notices, oldest first."""
     page = [notice_json(n) for n in await agent.notices(after=after, limit=limit)]
     next_cursor = page[-1]["cursor"] if len(page) == limit else None
     return JSONResponse({"items": page, "next_cursor": next_cursor})
@@ -479,6 +497,7 @@ async def readyz(request: Request) -> Response:
     state = agent.readiness()
     body = {"ready": state.ready, "keys": state.keys, "directory": state.directory}
     body["nats"] = state.nats
+    body["outbox_blocked"] = state.outbox_blocked
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
@@ -495,25 +514,64 @@ async def metrics(request: Request) -> Response:
 # -- application -------------------------------------------------------------------------------
 
 
+def _document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the event bodies' JSON Schemas and the decline body."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        clash = _COMPONENTS.keys() & schemas.keys()
+        if clash:  # a model named like an event type or an Avro named type
+            raise RuntimeError(f"OpenAPI component names used twice: {sorted(clash)}")
+        schemas.update(_COMPONENTS)
+        schemas["DeclineIn"] = DeclineIn.model_json_schema()
+        _problems_as_problem_json(document)
+        decline = document["paths"]["/v1/inbox/{event_id}/decline"]["post"]
+        decline["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeclineIn"}}},
+        }
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def _problems_as_problem_json(document: dict[str, Any]) -> None:
+    """Document error bodies under the media type they are sent with (problem+json)."""
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, answer in operation.get("responses", {}).items():
+                content = answer.get("content", {})
+                if status.startswith(("4", "5")) and PROBLEM_JSON in content:
+                    if content.get("application/json", {}).get("schema") == problem:
+                        del content["application/json"]
+                    content[PROBLEM_JSON] = {"schema": problem}
+
+
 def create_app(agent: Agent | None, *, token: bytes | None, max_body: int = 256 * 1024) -> FastAPI:
     """The API of ``agent`` (``None``: only for the OpenAPI document)."""
     app = FastAPI(
         title="relais partner agent",
         version=API_VERSION,
         summary="Submit events, read the inbox, acknowledge: the local API of a relais agent.",
+        description=_DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # a mistyped path is a 404 problem, not a redirect
     )
     app.state.agent = agent
     app.state.token = token
     app.state.max_body = max_body
-    app.add_exception_handler(ApiProblem, _on_problem)
-    app.add_exception_handler(RelaisError, _on_relais_error)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
+    install_handlers(app)
     app.include_router(events)
     app.include_router(inbox)
     app.include_router(health)
+    app.openapi = lambda: _document(app)  # type: ignore[method-assign]
     return app
 
 

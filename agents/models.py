@@ -21,7 +21,9 @@ __all__ = [
     "Notice",
     "NoticeKind",
     "Outgoing",
+    "ProgressStep",
     "Readiness",
+    "Rung",
     "SentEvent",
     "SentState",
     "Submission",
@@ -30,12 +32,22 @@ __all__ = [
 
 
 class SentState(StrEnum):
-    """Where an event the partner submitted stands."""
+    """Where an event the partner submitted stands.
+
+    The outbox stores ``queued``, ``published``, ``rejected`` and ``escalated``; the others
+    are derived from the recipients' progress the gateway reports (progress notices, see
+    :func:`relais.agents.progress.derived_state`).
+    """
 
     QUEUED = "queued"  # sealed and durable in the outbox, not yet stored by the broker
     PUBLISHED = "published"  # stored on the partner's ingress subject
     REJECTED = "rejected"  # the gateway quarantined it (signed rejection, with a reason)
+    ROUTED = "routed"  # the gateway delivered it to (some of) its recipients' subjects
+    DELIVERED = "delivered"  # every recipient's agent has it
+    DECLINED = "declined"  # every recipient declined it (and nobody took it in charge)
     ESCALATED = "escalated"  # not taken in charge in time: released to the fallback
+    TAKEN_IN_CHARGE = "taken_in_charge"  # a recipient (or fallback recipient) took it
+    CONCLUDED = "concluded"  # a recipient that took it reported its outcome
 
 
 class InboxState(StrEnum):
@@ -51,6 +63,7 @@ class NoticeKind(StrEnum):
 
     REJECTION = "rejection"
     ESCALATION_NOTICE = "escalation_notice"
+    PROGRESS_NOTICE = "progress_notice"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,39 @@ class Submission:
     rule: str
     triage: bool
     replayed: bool = False  # an earlier submission with the same idempotency key
+    edition: int = 0  # the configuration edition (directory serial) it was sealed under
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressStep:
+    """One step of one of our sent events at one recipient, as the gateway reported it."""
+
+    event_id: str
+    partner: str
+    role: str  # "recipient" or "fallback"
+    state: str  # ROUTED, DELIVERED, TAKEN_IN_CHARGE, DECLINED, CONCLUDED, ESCALATED
+    at_ms: int
+    decline_reason: str | None = None
+    outcome: str | None = None
+    escalated_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rung:
+    """Where a sent event stands at one recipient: every step reported so far, with times."""
+
+    partner: str
+    role: str  # "recipient" or "fallback"
+    state: str  # the most advanced step (lowercase), "pending" before the gateway routed it
+    routed_at_ms: int | None = None
+    delivered_at_ms: int | None = None
+    taken_in_charge_at_ms: int | None = None
+    declined_at_ms: int | None = None
+    decline_reason: str | None = None
+    concluded_at_ms: int | None = None
+    outcome: str | None = None
+    escalated_at_ms: int | None = None
+    escalated_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +129,8 @@ class SentEvent:
     created_at_ms: int
     published_at_ms: int | None
     ingress_seq: int | None
+    ladder: tuple[Rung, ...] = ()  # one rung per recipient, then per fallback recipient
+    edition: int = 0  # the configuration edition it was (last) sealed under
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +148,8 @@ class Outgoing:
     created_at_ms: int
     idempotency_key: str | None = None
     request_mac: bytes | None = None
+    edition: int = 0  # the configuration edition it was sealed under
+    retained: bytes | None = None  # the record, encrypted at rest, for re-sealing
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +182,7 @@ class InboxRecord:
     state: InboxState
     decline_reason: str | None
     updated_at_ms: int
+    outcome: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +204,7 @@ class InboxItem:
     opened_sections: tuple[str, ...]
     withheld_sections: tuple[str, ...]
     problem: str | None = None  # reason code when the stored envelope cannot be opened now
+    outcome: str | None = None  # what this partner reported on the case (receipt outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +245,10 @@ class Readiness:
     keys: bool
     directory: bool
     nats: bool
+    # Why the outbox cannot publish right now (e.g. STORAGE_LIMIT: this partner's share of the
+    # ingress stream is full); its events stay queued. Does not make the agent unready: it
+    # still receives.
+    outbox_blocked: str | None = None
 
     @property
     def ready(self) -> bool:

@@ -2,9 +2,10 @@
 
 Submissions are written to the outbox (sealed, durable) before they are answered; this task
 publishes what is queued, FLASH first then in arrival order, with ``Nats-Msg-Id`` set to
-the event id, so a publish repeated after a lost acknowledgement, a broker restart or an
-agent crash is stored once (the broker's duplicate window; beyond it, the router's replay
-store). Publishes are pipelined: a window of them is sent at once and their
+the event id (``<event id>:e<edition>`` for an event re-sealed under a newer configuration
+edition, :mod:`~relais.agents.reseal`), so a publish repeated after a lost acknowledgement, a
+broker restart or an agent crash is stored once (the broker's duplicate window; beyond it,
+the router's replay store). Publishes are pipelined: a window of them is sent at once and their
 acknowledgements awaited together. While the broker is away the task waits for the
 connection; a failed window is retried with exponential backoff and jitter (stamina).
 """
@@ -60,6 +61,8 @@ class Publisher:
         self._window = window
         self._backoff_max = backoff_max
         self._wake = asyncio.Event()
+        # The reason code of the last failed publish, until one succeeds (for /readyz).
+        self.blocked: str | None = None
 
     def wake(self) -> None:
         """Something was queued: publish it now."""
@@ -91,12 +94,14 @@ class Publisher:
                 return
             conn = await self._link.connected(stop)
             results = await asyncio.gather(
-                *(conn.js_publish(self._subject, env, msg_id=eid) for eid, _, _, env in rows),
+                *(conn.js_publish(self._subject, env, msg_id=mid) for _, _, _, env, mid in rows),
                 return_exceptions=True,
             )
             acks: list[tuple[str, int]] = []
             failure: TransportError | None = None
-            for (event_id, event_type, priority, _), result in zip(rows, results, strict=True):
+            for (event_id, event_type, priority, _, _), result in zip(
+                rows, results, strict=True
+            ):
                 if isinstance(result, PubAck):
                     acks.append((event_id, result.seq))
                     self._published(event_id, event_type, priority, result)
@@ -106,6 +111,7 @@ class Publisher:
                     raise result
             if acks:
                 await self._db.run(store.mark_published, acks, _now_ms())
+            self.blocked = None if failure is None else failure.reason.value
             if failure is not None:
                 self._metrics.publish_failures.labels(failure.reason.value).inc()
                 _log.warning("agent.publish_retry", reason=failure.reason.value)

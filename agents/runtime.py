@@ -25,7 +25,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Self
 
 import httpx
@@ -33,7 +33,7 @@ import structlog
 
 from relais.agents.database import Database
 from relais.agents.directory_watch import DirectoryWatch
-from relais.agents.inbox import DECLINE_REASONS, open_stored
+from relais.agents.inbox import CONCLUSIONS, DECLINE_REASONS, OUTCOMES, open_stored
 from relais.agents.intake import Intake
 from relais.agents.keyring import Keyring
 from relais.agents.keys import read_root_public_key, read_secret_file
@@ -43,25 +43,29 @@ from relais.agents.models import (
     InboxItem,
     InboxState,
     Notice,
-    Outgoing,
     Readiness,
     SentEvent,
     Submission,
     WebhookJob,
 )
 from relais.agents.outbox import Publisher
+from relais.agents.progress import derived_state, ladder
 from relais.agents.receipts import ReceiptSender
 from relais.agents.receiving import ReceiveConfig, Receiver
-from relais.agents.sealing import Plan, plan_event, publishable_schema, seal_planned
+from relais.agents.reseal import RETAIN_MS, RecordBox, Resealer, outgoing_row
+from relais.agents.retention import PurgeCounts, cutoffs
+from relais.agents.sealing import plan_event, publishable_schema, seal_planned
 from relais.agents.settings import AgentSettings, read_webhook_secret
 from relais.agents.store import StoredBatch
+from relais.agents.validation import check_record, check_sections
 from relais.agents.views import item_json, notice_json, webhook_body
 from relais.agents.webhooks import WebhookDispatcher, WebhookPolicy
-from relais.broker_config.rules import RuleSet, default_rules, load_rules
+from relais.broker_config.rules import RuleSet, load_rules
 from relais.schemas.domain import EventType, Priority
 from relais.schemas.envelope import LocalIdentity, new_event_id
 from relais.schemas.errors import (
     ConfigError,
+    DirectoryError,
     EnvelopeError,
     PayloadError,
     Reason,
@@ -69,7 +73,7 @@ from relais.schemas.errors import (
     TransportError,
 )
 
-__all__ = ["DECLINE_REASONS", "Agent"]
+__all__ = ["CONCLUSIONS", "DECLINE_REASONS", "OUTCOMES", "Agent"]
 
 _log = structlog.get_logger(__name__)
 _FINAL_FLUSH_SECONDS = 2.0
@@ -115,8 +119,11 @@ class Agent:
         self._receipts: ReceiptSender | None = None
         self._webhooks: WebhookDispatcher | None = None
         self._receiver: Receiver | None = None
+        self._box: RecordBox | None = None
+        self._resealer: Resealer | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._mending: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -144,8 +151,11 @@ class Agent:
         self._watch = DirectoryWatch(root, initial, cache=s.directory_cache)
         self._watch.initialise_cache()
         self.metrics.directory_serial.set(self._watch.serial)
-        if self._rules is None:
-            self._rules = load_rules(s.rules_file) if s.rules_file else default_rules()
+        if self._rules is None and s.rules_file:
+            # A local override, for tests and demonstrations only: in a partnership every
+            # agent and the router route with the rules of the edition in force.
+            self._rules = load_rules(s.rules_file)
+            _log.warning("agent.rules_override", version=self._rules.version)
         await self._db.open(s.database)
         self._build(keyring, self._watch)
         self._spawn()
@@ -182,8 +192,8 @@ class Agent:
         )
         self._receipts = ReceiptSender(
             partner_id=s.partner_id,
-            signer=self._signer,
             partnership=watch.current.directory.partnership,
+            signer=self._signer,
             link=self._link,
             db=self._db,
             metrics=self.metrics,
@@ -205,6 +215,18 @@ class Agent:
             metrics=self.metrics,
             refresh_directory=self.refresh_directory,
             on_stored=self._stored,
+        )
+        self._box = RecordBox(keyring)
+        self._resealer = Resealer(
+            keyring=keyring,
+            watch=watch,
+            db=self._db,
+            box=self._box,
+            rules=self._routing_rules,
+            refresh=self.refresh_directory,
+            queued=self._publisher.wake,
+            ttl_ms=int(s.event_ttl_seconds * 1000),
+            on_resealed=lambda reason: self.metrics.resealed.labels(reason).inc(),
         )
 
     def _webhook_dispatcher(self) -> WebhookDispatcher | None:
@@ -304,7 +326,10 @@ class Agent:
                 keys = False
         connected = self._link.is_connected
         self.metrics.nats_connected.set(1 if connected else 0)
-        return Readiness(keys=keys, directory=self._watch is not None, nats=connected)
+        blocked = self._publisher.blocked if self._publisher is not None else None
+        return Readiness(
+            keys=keys, directory=self._watch is not None, nats=connected, outbox_blocked=blocked
+        )
 
     @property
     def directory_serial(self) -> int:
@@ -336,36 +361,47 @@ class Agent:
         event_type: EventType | str,
         record: Mapping[str, Any],
         idempotency_key: str | None = None,
+        *,
+        accept_withheld: Collection[str] = (),
     ) -> Submission:
         """Validate, route, seal and durably queue one event; its id and recipients.
 
-        ``record`` is an Avro datum or its JSON form (ISO dates and times, base64 bytes).
-        The same ``idempotency_key`` with the same content answers the first submission
-        again (nothing new is queued); with other content it is refused
-        (``PayloadError(IDEMPOTENCY_KEY_REUSED)``). Other errors: ``SchemaError``
-        (``UNKNOWN_TYPE``), ``PayloadError`` naming the invalid fields, ``RoutingError``
-        (``NO_RULE``, ``SENDER_NOT_ALLOWED``...), ``EnvelopeError`` (``OVERSIZE``; or this
-        partner's key is not valid), ``ConfigError(NOT_READY)``.
+        ``record`` is an Avro datum or its JSON form (RFC 3339 date-times with their offset,
+        ``YYYY-MM-DD`` dates, base64 bytes), checked against the published contract
+        (:mod:`relais.agents.validation`). The same ``idempotency_key`` with the same
+        content answers the first submission again (nothing new is queued); with other
+        content it is refused (``PayloadError(IDEMPOTENCY_KEY_REUSED)``). A secret section
+        no recipient is entitled to is refused unless named in ``accept_withheld``. Other
+        errors: ``SchemaError`` (``UNKNOWN_TYPE``), ``ContractError`` naming the invalid
+        fields, ``RoutingError`` (``NO_RULE``, ``SENDER_NOT_ALLOWED``...), ``EnvelopeError``
+        (``OVERSIZE``; or this partner's key is not valid), ``ConfigError(NOT_READY)``.
         """
         watch, keyring = self._require_watch(), self._require_keys()
         intake = self._require_intake()
         schema = publishable_schema(event_type)
-        datum = schema.from_json(record)
+        now = _now_ms()
+        if watch.current.directory.expired(now):
+            # Routing by a configuration nobody vouches for any more could reach revoked
+            # partners: refused until a valid edition arrives (the partner's system retries).
+            raise DirectoryError(
+                "the configuration edition in use has expired", reason=Reason.DIRECTORY_EXPIRED
+            )
+        datum = check_record(schema, record, now_ms=now)
         mac = None
         if idempotency_key is not None:
             mac = intake.fingerprint(schema.event_type, datum)
             earlier = await intake.earlier(idempotency_key, mac)
             if earlier is not None:
                 return earlier
-        now = _now_ms()
         plan = plan_event(
             schema.event_type,
             datum,
             sender=keyring.partner_id,
             directory=watch.current.directory,
-            rules=self._rules or default_rules(),
+            rules=self._routing_rules(),
             at_ms=now,
         )
+        check_sections(plan, accept_withheld)
         event_id = new_event_id(now)
         envelope = seal_planned(
             plan,
@@ -374,8 +410,17 @@ class Agent:
             ttl_ms=int(self.settings.event_ttl_seconds * 1000),
             event_id=event_id,
         )
+        retained = self._box.close(datum) if self._box is not None else None
         sub = await intake.write(
-            _outgoing(plan, str(event_id), envelope, now, idempotency_key, mac)
+            outgoing_row(
+                plan,
+                str(event_id),
+                envelope,
+                now,
+                retained=retained,
+                key=idempotency_key,
+                mac=mac,
+            )
         )
         if self._publisher is not None:
             self._publisher.wake()
@@ -387,10 +432,15 @@ class Agent:
         return self._intake
 
     async def sent_event(self, event_id: uuid.UUID | str) -> SentEvent | None:
-        """The state of an event submitted here (``None``: unknown id)."""
-        row = await self._db.run(self._db.store.sent, str(uuid.UUID(str(event_id))))
+        """The state of an event submitted here and each recipient's ladder, as the
+        gateway's notices told them (``None``: unknown id)."""
+        eid = str(uuid.UUID(str(event_id)))
+        row = await self._db.run(self._db.store.sent, eid)
         if row is None:
             return None
+        rungs = ladder(
+            row.recipients, row.fallback, await self._db.run(self._db.store.progress, eid)
+        )
         return SentEvent(
             event_id=uuid.UUID(row.event_id),
             event_type=EventType(row.event_type),
@@ -399,11 +449,13 @@ class Agent:
             fallback=row.fallback,
             rule=row.rule,
             triage=row.triage,
-            state=row.state,
+            state=derived_state(row.state, rungs),
             reason=row.reason,
             created_at_ms=row.created_at_ms,
             published_at_ms=row.published_at_ms,
             ingress_seq=row.ingress_seq,
+            ladder=rungs,
+            edition=row.edition,
         )
 
     # -- receiving -----------------------------------------------------------------------------
@@ -411,6 +463,24 @@ class Agent:
     def _stored(self, stored: StoredBatch) -> None:
         if self._webhooks is not None and stored.webhook_jobs:
             self._webhooks.enqueue(stored.webhook_jobs)
+        if stored.new_notices and self._resealer is not None:
+            task = asyncio.get_running_loop().create_task(self._mend(stored.new_notices))
+            self._mending.add(task)
+            task.add_done_callback(self._mending.discard)
+
+    async def _mend(self, notice_ids: tuple[str, ...]) -> None:
+        """Hand new rejections to the re-sealer (an edition change re-seals by itself)."""
+        try:
+            found = [await self._db.run(self._db.store.notice, nid) for nid in notice_ids]
+        except RelaisError as exc:
+            _log.error("agent.reseal_lookup_failed", reason=exc.reason.value)
+            return
+        if self._resealer is not None:
+            self._resealer.notices([n for n in found if n is not None])
+
+    def _routing_rules(self) -> RuleSet:
+        """The rules of the edition in force (or the local override of tests and demos)."""
+        return self._rules or self._require_watch().current.rules
 
     async def inbox(
         self, *, state: InboxState | None = None, after: int = 0, limit: int = 50
@@ -430,12 +500,52 @@ class Agent:
         return open_stored(record, keyring=self._require_keys(), view=self._require_watch().current)
 
     async def notices(self, *, after: int = 0, limit: int = 50) -> list[Notice]:
-        """Rejections and escalation notices received, oldest first."""
+        """Rejections, escalation and progress notices received, oldest first."""
         return await self._db.run(self._db.store.notices, after=after, limit=limit)
 
-    async def take_charge(self, event_id: uuid.UUID | str) -> InboxState:
-        """Record that the partner takes the event in charge; the signed receipt follows."""
-        return await self._act(event_id, InboxState.TAKEN_IN_CHARGE, None)
+    async def take_charge(
+        self, event_id: uuid.UUID | str, outcome: str | None = None
+    ) -> InboxState:
+        """Record that the partner takes the event in charge; the signed receipt follows.
+
+        ``outcome`` (optional, e.g. ``ASSESSMENT_UNDER_WAY``) travels with the receipt to the
+        event's sender.
+        """
+        if outcome is not None and outcome not in OUTCOMES:
+            raise PayloadError("unknown outcome", fields=("outcome",))
+        return await self._act(event_id, InboxState.TAKEN_IN_CHARGE, None, outcome)
+
+    async def conclude(self, event_id: uuid.UUID | str, outcome: str) -> str:
+        """Record the outcome of a case taken in charge (``CONCLUDED`` receipt); the gateway
+        tells the sender (e.g. the CRIP's decision on a danger declaration, art. L226-5 CASF).
+
+        Once per event: the same outcome again changes nothing, another one is a conflict.
+        """
+        if outcome not in CONCLUSIONS:
+            raise PayloadError("unknown outcome", fields=("outcome",))
+        eid = str(uuid.UUID(str(event_id)))
+        record = await self._db.run(self._db.store.conclude, eid, outcome, _now_ms())
+        if record is None:
+            self.metrics.actions.labels("conclude", "unknown").inc()
+            raise RelaisError("no such event in the inbox", reason=Reason.UNKNOWN_EVENT)
+        if record.state is not InboxState.TAKEN_IN_CHARGE or record.outcome != outcome:
+            self.metrics.actions.labels("conclude", "conflict").inc()
+            raise RelaisError(
+                "the event is not taken in charge, or concluded otherwise",
+                reason=Reason.STATE_CONFLICT,
+            )
+        if self._receipts is not None:
+            self._receipts.wake()
+        self.metrics.actions.labels("conclude", "recorded").inc()
+        _log.info(
+            "agent.action",
+            event_id=eid,
+            event_type=record.event_type,
+            priority=Priority(record.priority).label,
+            outcome="concluded",
+            reason=outcome,
+        )
+        return outcome
 
     async def decline(self, event_id: uuid.UUID | str, reason: str) -> InboxState:
         """Record that the partner declines the event (``reason`` from the receipt schema)."""
@@ -444,10 +554,14 @@ class Agent:
         return await self._act(event_id, InboxState.DECLINED, reason)
 
     async def _act(
-        self, event_id: uuid.UUID | str, state: InboxState, reason: str | None
+        self,
+        event_id: uuid.UUID | str,
+        state: InboxState,
+        reason: str | None,
+        outcome: str | None = None,
     ) -> InboxState:
         eid = str(uuid.UUID(str(event_id)))
-        record = await self._db.run(self._db.store.act, eid, state, reason, _now_ms())
+        record = await self._db.run(self._db.store.act, eid, state, reason, _now_ms(), outcome)
         action = "take_charge" if state is InboxState.TAKEN_IN_CHARGE else "decline"
         if record is None:
             self.metrics.actions.labels(action, "unknown").inc()
@@ -499,33 +613,60 @@ class Agent:
         return applied
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Poll the directory every ``directory_poll_seconds``; refresh gauges every second."""
+        """Poll the directory every ``directory_poll_seconds``, purge past the retention
+        limits (:mod:`relais.agents.retention`), refresh gauges every second."""
         every = self.settings.directory_poll_seconds
-        next_poll = time.monotonic()
+        next_poll = next_purge = time.monotonic()
         while not stop.is_set():
             self.readiness()
+            self._watch_expiry()
             if time.monotonic() >= next_poll and self._link.is_connected:
                 await self.refresh_directory()
                 next_poll = time.monotonic() + every
+            if time.monotonic() >= next_purge:
+                try:
+                    await self.purge()
+                except RelaisError as exc:  # retried at the next round; the rows stay
+                    _log.error("agent.purge_failed", reason=exc.reason.value)
+                next_purge = time.monotonic() + self._purge_every()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=min(every, 1.0))
+                await asyncio.wait_for(stop.wait(), timeout=min(every, 1.0, self._purge_every()))
 
+    def _watch_expiry(self) -> None:
+        """Gauge of the edition's seconds left; warning ahead of its end, error once past."""
+        _, left = self._require_watch().expiry()
+        self.metrics.directory_expires_seconds.set(left)
 
-def _outgoing(
-    plan: Plan, event_id: str, envelope: bytes, now_ms: int, key: str | None, mac: bytes | None
-) -> Outgoing:
-    """The outbox row of a sealed event."""
-    decision = plan.decision
-    return Outgoing(
-        event_id=event_id,
-        event_type=plan.event_type.value,
-        priority=int(decision.priority),
-        rule=f"{decision.rule_id}@{decision.ruleset_version}",
-        triage=decision.triage,
-        recipients=decision.recipients,
-        fallback=decision.fallback,
-        envelope=envelope,
-        created_at_ms=now_ms,
-        idempotency_key=key,
-        request_mac=mac,
-    )
+    def _purge_every(self) -> float:
+        # A quarter of the shortest limit (at most a minute): rows outlive it by that at most.
+        r = self._require_watch().current.directory.retention
+        shortest = min(r.agent_inbox_seconds, r.agent_unanswered_seconds, r.agent_outbox_seconds)
+        return min(60.0, max(0.25, shortest / 4))
+
+    async def purge(self) -> PurgeCounts:
+        """Forget inbox, outbox and notice rows past the partnership's retention limits now.
+
+        Evidence stays on the partner's side (an agent cannot write the partnership's audit
+        log): a ``purges`` row, the ``agent.purged`` log line and ``relais_agent_purged_total``.
+        """
+        retention = self._require_watch().current.directory.retention
+        now = _now_ms()
+        await self._db.run(self._db.store.forget_retained, now - RETAIN_MS)
+        counts = await self._db.run(self._db.store.purge, cutoffs(retention, now), now)
+        for store, count in (
+            ("inbox", counts.inbox),
+            ("outbox", counts.outbox),
+            ("notices", counts.notices),
+        ):
+            if count:
+                self.metrics.purged.labels(store).inc(count)
+        if counts.total:
+            _log.info(
+                "agent.purged",
+                inbox=counts.inbox,
+                outbox=counts.outbox,
+                notices=counts.notices,
+                up_to=now - 1000 * retention.agent_inbox_seconds,
+            )
+        return counts
+

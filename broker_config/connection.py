@@ -83,6 +83,8 @@ _DENIAL_RE = re.compile(
     re.IGNORECASE,
 )
 _AUTH_VIOLATION = "authorization violation"
+# nats-server's refusals of one connection too many (account limit, or the server's own)
+_CONNECTION_LIMIT_TEXTS = ("maximum account active connections exceeded", "maximum connections")
 _PULL_GRACE = 2.0  # beyond a pull's own expiry before the server is presumed gone
 _MAX_DENIALS_KEPT = 100
 _MAX_FETCH_BATCH = 10_000
@@ -212,6 +214,7 @@ class Connection:
         self._denials: deque[Denial] = deque(maxlen=_MAX_DENIALS_KEPT)
         self._unclaimed: list[Denial] = []
         self._auth_failed: asyncio.Future[None] | None = None
+        self._limit_refused = False
         self._mux_sub: Subscription | None = None
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
@@ -250,6 +253,13 @@ class Connection:
         if match:
             self._denied(Denial(match.group(1).lower(), match.group(2)))
             return
+        if any(t in text.lower() for t in _CONNECTION_LIMIT_TEXTS):
+            # One connection too many for this identity: retrying within connect() cannot
+            # help; connect() raises CONNECTION_LIMIT (after it, nats-py reconnects by itself).
+            self._limit_refused = True
+            if self._auth_failed is not None and not self._auth_failed.done():
+                self._auth_failed.set_result(None)
+                return
         if _AUTH_VIOLATION in text.lower() or isinstance(exc, nats.errors.AuthorizationError):
             if self._auth_failed is not None:  # connecting: connect() raises PermissionDenied
                 if not self._auth_failed.done():
@@ -390,6 +400,11 @@ class Connection:
         await asyncio.gather(task, return_exceptions=True)
         with contextlib.suppress(nats.errors.Error):
             await self._nc.close()
+        if auth_failed and self._limit_refused:
+            raise TransportError(
+                f"{self._name}: too many connections for this identity",
+                reason=Reason.CONNECTION_LIMIT,
+            )
         if auth_failed:
             raise PermissionDenied(f"{self._name}: authorization violation (unknown user?)")
         if exc is None:

@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import httpx
 import structlog
 
+from relais.broker_config.accounts import expiring_partners, partner_users
 from relais.broker_config.connection import connect, require_sync_always
 from relais.broker_config.directory import Directory, verify_directory
 from relais.broker_config.nats_conf import (
@@ -93,6 +94,7 @@ __all__ = [
     "start_server",
     "stop_process",
     "wait_ready",
+    "warn_key_expiry",
 ]
 
 _T = TypeVar("_T")
@@ -431,6 +433,30 @@ def _load_directory(
     return verify_directory(signed, root_public_key, min_serial=min_serial)
 
 
+KEY_EXPIRY_WARNING_MS = 14 * 86_400_000
+
+
+def warn_key_expiry(directory: Directory, *, at_ms: int | None = None) -> None:
+    """Log the partners left without a NATS user (no valid key) and those about to be."""
+    now = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+    with_user = {p.id for p in partner_users(directory, at_ms=now)}
+    lapsed = sorted(
+        p.id
+        for p in directory.partners
+        if not p.revoked and p.nats_nkey is not None and p.id not in with_user
+    )
+    if lapsed:
+        _log.warning("broker.partners_without_valid_key", partners=lapsed)
+    for partner_id, until in expiring_partners(
+        directory, within_ms=KEY_EXPIRY_WARNING_MS, at_ms=now
+    ):
+        _log.warning(
+            "broker.partner_keys_expiring",
+            partner=partner_id,
+            days_left=round((until - now) / 86_400_000, 1),
+        )
+
+
 def _storage_limits(paths: BrokerPaths) -> StorageLimits:
     """The streams' limits of this data directory: fitted to the disk once, then kept.
 
@@ -462,6 +488,8 @@ def _write_server_config(
     config = build_config(
         directory, services=ensure_service_seeds(paths.creds_dir), settings=settings
     )
+    if directory is not None:
+        warn_key_expiry(directory)
     # Checked before it replaces the configuration in use: a refused file must not be left
     # for the next start.
     candidate = paths.config_file.with_name(f".{paths.config_file.name}.new")

@@ -589,6 +589,8 @@ class StreamStatus:
     consumers: int
     replicas: int
     leader: str | None
+    max_bytes: int = -1  # the stream's byte limit (-1: none)
+    partner_messages: int = -1  # messages one partner may hold on its subject (-1: no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,6 +634,12 @@ async def inspect(conn: Connection) -> tuple[tuple[StreamStatus, ...], tuple[Con
                 consumers=state.get("consumer_count", 0),
                 replicas=config.get("num_replicas", 1),
                 leader=(info.get("cluster") or {}).get("leader"),
+                max_bytes=config.get("max_bytes", -1),
+                partner_messages=(
+                    config.get("max_msgs_per_subject", -1)
+                    if config.get("discard_new_per_subject")
+                    else -1
+                ),
             )
         )
         listed = await _paged(conn, f"$JS.API.CONSUMER.LIST.{name}", "consumers")

@@ -148,6 +148,10 @@ def up(
         typer.echo(line)
 
 
+def _limit(value: int) -> str:
+    return "none" if value is None or value < 0 else str(value)
+
+
 def _status_lines(status: BrokerStatus) -> list[str]:
     health = {True: "ok", False: "UNHEALTHY", None: "unknown (no monitoring URL)"}
     sync = {True: "yes", False: "NO", None: "unknown (no monitoring URL)"}
@@ -159,6 +163,8 @@ def _status_lines(status: BrokerStatus) -> list[str]:
     ]
     lines += [
         f"  {s.name:<12} {s.messages:>10} msgs {s.bytes:>14} bytes  R{s.replicas}"
+        f"  limit {_limit(s.max_bytes)} bytes"
+        + (f", {s.partner_messages} msgs per partner" if s.partner_messages > 0 else "")
         for s in status.streams
     ]
     lines.append("consumers:                          pending  ack pending  redelivered")

@@ -3,7 +3,9 @@
 Records (``ref.audit.rec`` in the ``AUDIT`` stream, which denies delete and purge) are
 compact JSON objects with sorted keys, ASCII only, holding ids, codes, counts and times,
 never content (:func:`encode_record`). Kinds: ``ROUTED``, ``QUARANTINED``, ``RECEIPT``,
-``ESCALATED``, ``CLOSED`` (the fields of each are listed in ``docs/protocol.md`` §8).
+``ESCALATED``, ``CLOSED``, ``PURGED`` (the fields of each are listed in ``docs/protocol.md``
+§8; ``PURGED``: a store forgot rows past their retention limit, with ``store``, ``count``
+and ``up_to``, the time before which nothing is kept).
 Every record is published with a ``Nats-Msg-Id`` derived from what it records (e.g.
 ``<event id>:routed``), so a record re-published after a crash is stored once.
 
@@ -33,6 +35,14 @@ catches it:
 Records after the last checkpoint are reported as unsealed: a change to them cannot be
 detected until the next checkpoint seals them (the checkpointer runs every N records or T
 seconds).
+
+Retention: when the stream has a ``max_age`` (the partnership's ``audit_seconds``), its
+oldest messages are dropped by age and the log starts after sequence 1. Verification then
+starts at the first signed checkpoint whose records are all still stored: that checkpoint
+marks where the retained chain begins (its ``previous`` value is taken on its signature);
+records before it are counted as ``expired``, not verified. A cut of the head is therefore
+indistinguishable from expiry by age; an anchor younger than the retention still catches
+a cut of the tail.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -54,9 +65,11 @@ from relais.schemas import _crypto
 from relais.schemas.domain import PARTNER_ID_RE, PartnerKind
 from relais.schemas.envelope import LocalIdentity
 from relais.schemas.errors import ConfigError, EnvelopeError, Reason
+from relais.schemas.statements import key_judged_at
 from relais.schemas.strict_json import JsonLimits, loads_bounded
 
 __all__ = [
+    "AUDITED_ROUTING_KEYS",
     "AUDIT_STREAM",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_SUBJECT",
@@ -80,6 +93,21 @@ __all__ = [
 ]
 
 AUDIT_STREAM: Final = "AUDIT"
+# The routing metadata a ROUTED record keeps: where and between whom an event is handled,
+# never who the child is nor what happened (``prostitution_suspected``, ``in_care``,
+# ``imminent`` stay out: the operator credential may read these records). An allow-list, so
+# a key added by a future schema stays out too.
+AUDITED_ROUTING_KEYS: Final = frozenset(
+    {
+        "child_dept",
+        "facts_dept",
+        "guardian_dept",
+        "case_ref",
+        "alert_sender",
+        "addressed_to",
+        "requester",
+    }
+)
 RECORD_SUBJECT: Final = "ref.audit.rec"
 CHECKPOINT_SUBJECT: Final = "ref.audit.ckpt"
 SIG_CONTEXT: Final = "audit-checkpoint"
@@ -119,6 +147,7 @@ class AuditKind(StrEnum):
     RECEIPT = "RECEIPT"
     ESCALATED = "ESCALATED"
     CLOSED = "CLOSED"
+    PURGED = "PURGED"
 
 
 _KINDS: Final = frozenset(kind.value for kind in AuditKind)
@@ -233,11 +262,18 @@ def _parse_checkpoint(data: bytes) -> tuple[Checkpoint, dict[str, Any], bytes]:
 
 
 def open_checkpoint(
-    data: bytes, *, keys: DirectoryKeys | None, partnership: str | None = None
+    data: bytes,
+    *,
+    keys: DirectoryKeys | None,
+    partnership: str | None = None,
+    received_ms: int | None = None,
 ) -> Checkpoint:
     """Parse a checkpoint message and, with ``keys``, verify its signature.
 
-    The signer must be a partner of kind ``gateway`` whose key was valid at ``at``.
+    The signer must be a partner of kind ``gateway`` whose key was valid at ``at``, or, given
+    ``received_ms`` (when the broker stored it), when received, within the skew window
+    (:func:`~relais.schemas.statements.key_judged_at`): a backdated checkpoint does not
+    make an expired key sign again.
     Failures: :class:`EnvelopeError` with ``AUDIT_CHECKPOINT_INVALID``.
     """
     checkpoint, body, signature = _parse_checkpoint(data)
@@ -253,11 +289,24 @@ def open_checkpoint(
             raise EnvelopeError(Reason.MALFORMED_HEADER)
         if keys.partner_kind(checkpoint.signer) is not PartnerKind.GATEWAY:
             raise EnvelopeError(Reason.UNKNOWN_SENDER)
-        public = keys.signing_key(checkpoint.signer, checkpoint.key_id, checkpoint.at)
+        at = checkpoint.at if received_ms is None else key_judged_at(checkpoint.at, received_ms)
+        public = keys.signing_key(checkpoint.signer, checkpoint.key_id, at)
         _crypto.verify(public, SIG_CONTEXT, canonical_json(body), signature)
     except EnvelopeError as exc:
         raise EnvelopeError(Reason.AUDIT_CHECKPOINT_INVALID) from exc
     return checkpoint
+
+
+def stored_at_ms(msg: StoredMessage) -> int | None:
+    """When the broker stored ``msg`` (its ``Nats-Time-Stamp``), Unix ms; ``None``: unknown."""
+    stamp = msg.headers.get("Nats-Time-Stamp", "")
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    try:
+        moment = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    millis = int((fraction + "000")[:3]) if fraction[:3].isdigit() else 0
+    return int(moment.timestamp()) * 1000 + millis
 
 
 # -- verification ------------------------------------------------------------------------------
@@ -308,6 +357,8 @@ class AuditReport:
     chain: str  # chain value after the last record read (hex)
     anchor: str | None  # the last checkpoint as an anchor for a later run (SEQ:HEX)
     problem: AuditProblem | None = None
+    retained_from: int = 1  # first record of the verified chain (after 1: retention)
+    expired: int = 0  # records still stored before it, covered by an expired checkpoint
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -323,7 +374,14 @@ class AuditVerifier:
 
     keys: DirectoryKeys
     partnership: str | None = None
+    # The stream drops its oldest messages by age: the log may start after sequence 1.
+    retained: bool = False
     _next_seq: int = 1
+    _fed: int = 0
+    _head: list[tuple[int, bytes]] | None = None  # records before the retained chain begins
+    _head_first: int = 0
+    _retained_from: int = 1
+    _expired: int = 0
     _chain: bytes = GENESIS
     _pending: list[tuple[int, bytes]] = field(default_factory=list)
     _sealed: bytes = GENESIS
@@ -341,11 +399,17 @@ class AuditVerifier:
         """Take the next stored message (stream order); stops at the first problem."""
         if self.problem is not None:
             return
+        if self.retained and not self._fed and msg.seq > 1:
+            # The oldest messages were dropped by age: find where the retained chain begins.
+            self._head, self._head_first, self._next_seq = [], msg.seq, msg.seq
+        self._fed += 1
         if msg.seq != self._next_seq:
             self._fail(Reason.AUDIT_RECORD_MISSING, self._next_seq, "sequence absent from the log")
             return
         self._next_seq += 1
-        if msg.subject == RECORD_SUBJECT:
+        if self._head is not None:
+            self._feed_head(msg)
+        elif msg.subject == RECORD_SUBJECT:
             try:
                 decode_record(msg.data)
             except EnvelopeError:
@@ -359,9 +423,52 @@ class AuditVerifier:
         else:
             self._fail(Reason.AUDIT_RECORD_MALFORMED, msg.seq, "unexpected subject in the log")
 
+    def _feed_head(self, msg: StoredMessage) -> None:
+        """Before the retained chain begins: keep records until a checkpoint covers them all."""
+        head = self._head if self._head is not None else []
+        if msg.subject == RECORD_SUBJECT:
+            try:
+                decode_record(msg.data)
+            except EnvelopeError:
+                self._fail(Reason.AUDIT_RECORD_MALFORMED, msg.seq, "not a canonical audit record")
+                return
+            head.append((msg.seq, msg.data))
+            return
+        if msg.subject != CHECKPOINT_SUBJECT:
+            self._fail(Reason.AUDIT_RECORD_MALFORMED, msg.seq, "unexpected subject in the log")
+            return
+        try:
+            cp = open_checkpoint(
+                msg.data,
+                keys=self.keys,
+                partnership=self.partnership,
+                received_ms=stored_at_ms(msg),
+            )
+            previous = bytes.fromhex(cp.previous)
+        except (EnvelopeError, ValueError):
+            self._fail(Reason.AUDIT_CHECKPOINT_INVALID, msg.seq, "checkpoint refused")
+            return
+        covered = [(seq, data) for seq, data in head if seq >= cp.first_seq]
+        if cp.first_seq < self._head_first or not covered or covered[0][0] != cp.first_seq:
+            return  # it seals records dropped by age: the retained chain begins later
+        # The signed checkpoint marks where the retained chain begins.
+        self._expired, self._head = len(head) - len(covered), None
+        self._retained_from = cp.first_seq
+        self._sealed = self._chain = previous
+        for seq, data in covered:
+            self._chain = chain_next(self._chain, seq, data)
+            self._pending.append((seq, self._chain))
+            self._records += 1
+        self._checkpoint(msg)
+
     def _checkpoint(self, msg: StoredMessage) -> None:
         try:
-            cp = open_checkpoint(msg.data, keys=self.keys, partnership=self.partnership)
+            cp = open_checkpoint(
+                msg.data,
+                keys=self.keys,
+                partnership=self.partnership,
+                received_ms=stored_at_ms(msg),
+            )
         except EnvelopeError as exc:
             cause = exc.__cause__
             why = cause.reason.value if isinstance(cause, EnvelopeError) else "malformed"
@@ -390,11 +497,22 @@ class AuditVerifier:
 
     def finish(self, *, last_seq: int = 0, anchor: Anchor | None = None) -> AuditReport:
         """The report; ``last_seq``: the stream's last sequence before reading began."""
-        if self.problem is None and last_seq >= self._next_seq:
+        emptied = self.retained and not self._fed  # every message dropped by age
+        if self.problem is None and last_seq >= self._next_seq and not emptied:
             self._fail(Reason.AUDIT_RECORD_MISSING, self._next_seq, "sequence absent from the log")
+        if self.problem is None and self._head is not None:
+            self._fail(
+                Reason.AUDIT_RECORD_MISSING,
+                self._head_first,
+                "no signed checkpoint marks where the retained log begins",
+            )
+        expired_anchor = anchor is not None and (
+            emptied or (self.retained and anchor.last_seq < self._retained_from)
+        )
         if (
             self.problem is None
             and anchor is not None
+            and not expired_anchor
             and (anchor.last_seq, anchor.chain) not in self._seen_anchors
         ):
             self._fail(
@@ -414,6 +532,8 @@ class AuditVerifier:
             chain=self._chain.hex(),
             anchor=last_anchor,
             problem=self.problem,
+            retained_from=self._retained_from,
+            expired=self._expired + len(self._head or ()),
         )
 
 
@@ -424,9 +544,10 @@ def verify_messages(
     partnership: str | None = None,
     last_seq: int = 0,
     anchor: Anchor | None = None,
+    retained: bool = False,
 ) -> AuditReport:
     """Verify stored messages already in hand (see :class:`AuditVerifier`)."""
-    verifier = AuditVerifier(keys=keys, partnership=partnership)
+    verifier = AuditVerifier(keys=keys, partnership=partnership, retained=retained)
     for msg in messages:
         verifier.feed(msg)
     return verifier.finish(last_seq=last_seq, anchor=anchor)
@@ -454,6 +575,8 @@ async def verify_audit(
     """
     info = await conn.api(f"$JS.API.STREAM.INFO.{AUDIT_STREAM}")
     last_seq = int((info.get("state") or {}).get("last_seq", 0))
-    verifier = AuditVerifier(keys=keys, partnership=partnership)
+    # Only a stream that expires by age may start after sequence 1 (module docstring).
+    retained = bool((info.get("config") or {}).get("max_age", 0))
+    verifier = AuditVerifier(keys=keys, partnership=partnership, retained=retained)
     await _feed_all(verifier, read_stream(conn, AUDIT_STREAM))
     return verifier.finish(last_seq=last_seq, anchor=anchor)

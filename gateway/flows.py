@@ -51,7 +51,13 @@ from typing import Any, Final
 
 from relais.broker_config.connection import Connection
 from relais.broker_config.directory import Directory
-from relais.gateway.audit import AUDIT_STREAM, RECORD_SUBJECT, AuditKind, decode_record
+from relais.gateway.audit import (
+    AUDIT_STREAM,
+    AUDITED_ROUTING_KEYS,
+    RECORD_SUBJECT,
+    AuditKind,
+    decode_record,
+)
 from relais.gateway.jetstream import read_stream
 from relais.schemas.domain import Priority
 from relais.schemas.errors import EnvelopeError
@@ -81,18 +87,9 @@ __all__ = [
 ]
 
 # Routing metadata that says where and between whom an event is handled, not who the child
-# is nor what happened: an allow-list, so a key added by a future schema stays hidden.
-SHOWN_ROUTING_KEYS: Final = frozenset(
-    {
-        "child_dept",
-        "facts_dept",
-        "guardian_dept",
-        "case_ref",
-        "alert_sender",
-        "addressed_to",
-        "requester",
-    }
-)
+# is nor what happened: what the router keeps in its records (records older than that rule
+# may hold more: the views filter again).
+SHOWN_ROUTING_KEYS: Final = AUDITED_ROUTING_KEYS
 SMALL_COUNT: Final = 5
 SUPPRESSED: Final = "<5"
 _UNKNOWN_KIND: Final = "unknown"

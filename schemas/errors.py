@@ -134,6 +134,7 @@ class Reason(StrEnum):
     SERVER_NOT_DURABLE = "SERVER_NOT_DURABLE"
     BROKER_ERROR = "BROKER_ERROR"
     STORAGE_LIMIT = "STORAGE_LIMIT"  # a stream, or this partner's share of it, is full
+    CONNECTION_LIMIT = "CONNECTION_LIMIT"  # this identity holds all the connections it may
     # configuration
     CONFIG_INVALID = "CONFIG_INVALID"
     # partner agent (local HTTP API, deliveries)

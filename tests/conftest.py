@@ -257,10 +257,13 @@ class TestBroker:
         """The server's ``/varz``."""
         return httpx.get(f"{self.monitor_url}/varz", timeout=5.0, trust_env=False).json()
 
-    async def reconfigure(self, test_directory: TestDirectory) -> None:
-        """Regenerate users for a new directory edition, reload the server, provision."""
+    async def reconfigure(self, test_directory: TestDirectory, *, at_ms: int | None = None) -> None:
+        """Regenerate users for a new directory edition, reload the server, provision.
+
+        ``at_ms``: the time the users are generated for (keys valid then; default now).
+        """
         self.write_partner_creds(test_directory.seeds)
-        write_config(self.config_file, self._config(test_directory.directory))
+        write_config(self.config_file, self._config(test_directory.directory, at_ms=at_ms))
         await signal_reload(self.server.pid, self.monitor_url)
         await provision_as_admin(
             self.client_url,
@@ -271,9 +274,14 @@ class TestBroker:
             limits=self.storage,
         )
 
-    def _config(self, directory: Directory | None) -> dict[str, object]:
+    def _config(
+        self, directory: Directory | None, *, at_ms: int | None = None
+    ) -> dict[str, object]:
         return build_config(
-            directory, services=ensure_service_seeds(self.root / "creds"), settings=self.settings
+            directory,
+            services=ensure_service_seeds(self.root / "creds"),
+            settings=self.settings,
+            at_ms=at_ms,
         )
 
 

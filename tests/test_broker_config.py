@@ -569,3 +569,37 @@ def test_cli_up_status_down(tmp_path, directory_builder) -> None:
     stopped = runner.invoke(broker_cmd.app, ["status", "--data-dir", str(data_dir)])
     assert stopped.exit_code == 3
     assert runner.invoke(broker_cmd.app, ["down", "--data-dir", str(data_dir)]).exit_code == 0
+
+
+async def test_a_partner_whose_keys_expired_is_cut_off_at_reload(broker_factory, directory_builder):
+    """The user of a partner goes away with its last valid key (at the next reload)."""
+    from datetime import UTC, datetime, timedelta
+
+    from relais.agents.keys import generate
+    from relais.broker_config.directory import add_key, bump_serial, new_partner_key, revoke_key
+
+    td = directory_builder(PARTNERS)
+    now = datetime.now(UTC).replace(microsecond=0)
+    brief = generate("hotel-1")
+    short = new_partner_key(
+        brief.sign_pk,
+        brief.box_pk,
+        not_before=now - timedelta(seconds=1),
+        not_after=now + timedelta(minutes=1),
+    )
+    hotel = td.directory.get("hotel-1")
+    directory = add_key(td.directory, "hotel-1", short)
+    directory = revoke_key(directory, "hotel-1", hotel.keys[0].key_id)
+    td = replace(td, directory=directory)
+    broker = await broker_factory(td)
+    conn = await broker.partner("hotel-1")  # its short key is valid: it has a user
+    await conn.close()
+    # the configuration a reload generates once that key has expired (the clock injected)
+    later = short.not_after_ms + 60_000
+    await broker.reconfigure(
+        replace(td, directory=bump_serial(directory, issued_at=now)), at_ms=later
+    )
+    with pytest.raises(PermissionDenied):
+        await broker.partner("hotel-1", connect_timeout=3.0)
+    school = await broker.partner("school-1")  # the others keep theirs
+    await school.close()

@@ -38,7 +38,7 @@ from relais.gateway.policy import Policy
 from relais.gateway.router import Quarantined, RouterConfig, admit, ingress_identity
 from relais.schemas.domain import EventType, PartnerKind, Priority
 from relais.schemas.envelope import open_envelope, peek_header
-from relais.schemas.errors import EnvelopeError, Reason
+from relais.schemas.errors import EnvelopeError, PermissionDenied, Reason
 from relais.schemas.samples import sample_event
 from relais.schemas.statements import sign_statement, verify_statement
 
@@ -410,3 +410,35 @@ def test_rules_explain_cli(demo_territory, tmp_path) -> None:
     text = CliRunner().invoke(rules_app, args[:-1])
     assert text.exit_code == 0
     assert "runaway-alert@1" in text.stdout
+
+
+async def test_the_operator_cannot_read_sensitive_routing_flags(
+    world, demo_territory, sealer, gateway_runner
+):
+    """ROUTED records keep no prostitution_suspected nor in_care; nothing else is readable."""
+    t = demo_territory
+    run = await gateway_runner(world, t, roles=("router",))
+    record = alert(canary=CANARY, prostitution_suspected=True, in_care=True)
+    data = sealer(t, EventType.RUNAWAY_ALERT, record, sender=GEND)
+    assert {"prostitution_suspected", "in_care"} <= set(peek_header(data).routing)
+    seq = await publish_as(world, GEND, data)
+    await find_stored(
+        run.conn,
+        "AUDIT",
+        lambda m: m.subject == RECORD_SUBJECT and decode_record(m.data)["ingress_seq"] == seq,
+    )
+    operator = await world.operator()
+    try:
+        seen = [m.data async for m in read_stream(operator, "AUDIT")]
+        assert seen, "the operator reads the audit log"
+        for sensitive in (b"prostitution_suspected", b"in_care", b"imminent"):
+            assert not any(sensitive in raw for raw in seen), sensitive
+        (routed,) = [decode_record(r) for r in seen if decode_record(r).get("ingress_seq") == seq]
+        assert routed["routing"]["child_dept"] == "93"  # what the views need stays
+        for stream in ("INGRESS", "DELIVERY", "RECEIPTS", "QUARANTINE", "SEEN"):
+            with pytest.raises(PermissionDenied):
+                await operator.request(f"$JS.API.DIRECT.GET.{stream}", b'{"seq":1}')
+            with pytest.raises(PermissionDenied):
+                await operator.request(f"$JS.API.STREAM.MSG.GET.{stream}", b'{"seq":1}')
+    finally:
+        await operator.close()
