@@ -24,20 +24,24 @@ from relais.schemas.envelope import open_envelope, peek_header
 from relais.schemas.errors import EnvelopeError, Reason
 from relais.schemas.registry import default_registry
 
-__all__ = ["DECLINE_REASONS", "open_stored"]
+__all__ = ["CONCLUSIONS", "DECLINE_REASONS", "OUTCOMES", "open_stored"]
 
 _log = structlog.get_logger(__name__)
 
 
-def _decline_reasons() -> tuple[str, ...]:
+def _entry_enum(name: str) -> tuple[str, ...]:
     entries = default_registry().by_type(EventType.RECEIPT).field_types["entries"]
-    reason = next(f for f in entries["items"]["fields"] if f["name"] == "decline_reason")
-    enum = next(branch for branch in reason["type"] if branch != "null")
+    found = next(f for f in entries["items"]["fields"] if f["name"] == name)
+    enum = next(branch for branch in found["type"] if branch != "null")
     return tuple(enum["symbols"])
 
 
 #: Why a partner may decline an event (``DeclineReason`` of the receipt schema).
-DECLINE_REASONS: Final[tuple[str, ...]] = _decline_reasons()
+DECLINE_REASONS: Final[tuple[str, ...]] = _entry_enum("decline_reason")
+#: What a partner may report on a case (``CaseOutcome`` of the receipt schema).
+OUTCOMES: Final[tuple[str, ...]] = _entry_enum("outcome")
+#: The outcomes that conclude a case (all but ``ASSESSMENT_UNDER_WAY``).
+CONCLUSIONS: Final[tuple[str, ...]] = tuple(o for o in OUTCOMES if o != "ASSESSMENT_UNDER_WAY")
 
 
 def open_stored(record: InboxRecord, *, keyring: Keyring, view: DirectoryView) -> InboxItem:
@@ -78,4 +82,5 @@ def open_stored(record: InboxRecord, *, keyring: Keyring, view: DirectoryView) -
         opened_sections=opened,
         withheld_sections=withheld,
         problem=problem,
+        outcome=record.outcome,
     )

@@ -1,4 +1,5 @@
-"""Signed receipts: ``DELIVERED``, ``TAKEN_IN_CHARGE``, ``DECLINED`` on ``ref.rcpt.<partner>``.
+"""Signed receipts: ``DELIVERED``, ``TAKEN_IN_CHARGE``, ``DECLINED``, ``CONCLUDED`` (with the
+case's outcome) on ``ref.rcpt.<partner>``.
 
 Receipt entries are recorded in the database in the same transaction as what they
 acknowledge (the inbox row, the take-charge). :meth:`ReceiptSender.flush` then groups the
@@ -66,9 +67,9 @@ def _now_ms() -> int:
 
 
 def receipt_record(
-    partner_id: str, entries: Sequence[tuple[str, str, str | None, int]]
+    partner_id: str, entries: Sequence[tuple[str, str, str | None, int, str | None]]
 ) -> dict[str, Any]:
-    """The receipt record for ``(event_id, state, decline_reason, at_ms)`` entries."""
+    """The receipt record for ``(event_id, state, decline_reason, at_ms, outcome)`` entries."""
     return {
         "recipient": partner_id,
         "entries": [
@@ -76,9 +77,10 @@ def receipt_record(
                 "event_id": event_id,
                 "state": state,
                 "decline_reason": reason,
+                "outcome": outcome,
                 "at": _EPOCH + dt.timedelta(milliseconds=at_ms),
             }
-            for event_id, state, reason, at_ms in entries
+            for event_id, state, reason, at_ms, outcome in entries
         ],
     }
 

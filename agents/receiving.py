@@ -14,10 +14,12 @@ For each message of a batch, in this order:
 1. an event envelope is verified (signature, times, keys, digests) and opened with the key
    the header names for this partner, which decrypts every section the partner is entitled
    to (checking commitments and the routing metadata); a statement (rejection, escalation
-   notice) is verified and its signer must be a partner of kind ``gateway``;
+   or progress notice) is verified and its signer must be a partner of kind ``gateway``;
 2. the batch is written in one transaction: envelopes SEALED in the inbox (keyed by event
    id: a redelivery changes nothing), their ``DELIVERED`` receipt entries, notices (a
-   rejection marks our sent event rejected), webhook jobs, and refusals with their reason;
+   rejection marks our sent event rejected; progress and escalation notices add steps to
+   the ladders of our sent events, :mod:`~relais.agents.progress`), webhook jobs, and
+   refusals with their reason;
 3. messages are acknowledged; refused ones are terminated (never redelivered), except those
    a newer directory, key file or software version could cure (unknown sender, key or
    schema), which are retried ``retry_deliveries`` times first. Content is never logged;
@@ -52,10 +54,17 @@ from relais.agents.keyring import Keyring
 from relais.agents.link import Link
 from relais.agents.metrics import AgentMetrics
 from relais.agents.models import Delivery, NoticeKind, SentState
+from relais.agents.progress import escalation_steps, notice_steps
 from relais.agents.receipts import ReceiptSender
 from relais.agents.store import NoticeIn, StoredBatch
 from relais.broker_config.nats_conf import delivery_consumer_name
-from relais.schemas.domain import ROUTING_VALUE_RE, EventType, PartnerKind, Priority
+from relais.schemas.domain import (
+    PARTNER_ID_RE,
+    ROUTING_VALUE_RE,
+    EventType,
+    PartnerKind,
+    Priority,
+)
 from relais.schemas.envelope import KIND_EVENT, open_envelope, peek_header, verify_envelope
 from relais.schemas.errors import EnvelopeError, Reason, RelaisError, TransportError
 from relais.schemas.registry import to_jsonable
@@ -403,6 +412,8 @@ class Receiver:
                 return self._rejection(record, priority, statement.signer)
             if statement.event_type is EventType.ESCALATION_NOTICE:
                 return self._escalation(record, priority, statement.signer)
+            if statement.event_type is EventType.PROGRESS_NOTICE:
+                return self._progress(record, priority, statement.signer)
             raise EnvelopeError(Reason.WRONG_KIND)
         except EnvelopeError as exc:
             return self._refusal(msg, exc.reason)
@@ -433,6 +444,25 @@ class Receiver:
             priority=priority,
             record={**to_jsonable(record), "signer": signer},
             outbox_state=SentState.ESCALATED if own else None,
+            steps=escalation_steps(record) if own else (),
+        )
+
+    def _progress(self, record: dict[str, Any], priority: int, signer: str) -> NoticeIn:
+        """Steps of our own sent events at their recipients (protocol §7.3)."""
+        if record["sender"] != self._me:
+            raise EnvelopeError(Reason.NOT_A_RECIPIENT)
+        steps = notice_steps(record)
+        if not all(PARTNER_ID_RE.fullmatch(s.partner) for s in steps):
+            raise EnvelopeError(Reason.MALFORMED_HEADER)
+        events = {s.event_id for s in steps}
+        return NoticeIn(
+            notice_id=str(record["notice_id"]),
+            kind=NoticeKind.PROGRESS_NOTICE,
+            event_id=events.pop() if len(events) == 1 else "",  # "": about several events
+            priority=priority,
+            record={**to_jsonable(record), "signer": signer},
+            outbox_state=None,
+            steps=steps,
         )
 
     @staticmethod

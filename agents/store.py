@@ -9,9 +9,13 @@ is ids, codes and times. Tables::
                      created/published times, ingress sequence, idempotency key and keyed
                      request fingerprint
     inbox            seq, event_id (unique), type, priority, sender, rule, escalation id,
-                     sealed envelope, state (delivered|taken_in_charge|declined), reason
+                     sealed envelope, state (delivered|taken_in_charge|declined), reason,
+                     outcome (what this partner reported on the case)
     notices          seq, notice_id (unique), kind, event_id, metadata record (JSON)
-    receipt_entries  (event_id, state) unique, decline reason, time, statement it went in
+    progress         (event_id, partner, state) unique: the steps of our sent events at
+                     their recipients, from progress and escalation notices
+    receipt_entries  (event_id, state) unique, decline reason, outcome, time, statement it
+                     went in
     statements       signed receipt statements, their Nats-Msg-Id, published time
     webhooks         webhook_id (unique), kind, priority, state, attempts, next attempt
     refused          deliveries refused for good: stream sequence, event id, reason code
@@ -39,6 +43,7 @@ from relais.agents.models import (
     Notice,
     NoticeKind,
     Outgoing,
+    ProgressStep,
     SentState,
     WebhookJob,
 )
@@ -46,7 +51,7 @@ from relais.schemas.errors import ConfigError
 
 __all__ = ["AgentStore", "NoticeIn", "OutboxRow", "StoredBatch"]
 
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -109,6 +114,18 @@ CREATE TABLE IF NOT EXISTS receipt_entries(
   statement_id INTEGER REFERENCES statements(id),
   UNIQUE(event_id, state)
 );
+CREATE TABLE IF NOT EXISTS progress(
+  event_id TEXT NOT NULL,
+  partner TEXT NOT NULL,
+  role TEXT NOT NULL,
+  state TEXT NOT NULL,
+  decline_reason TEXT,
+  outcome TEXT,
+  escalated_to TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  notice_id TEXT NOT NULL,
+  PRIMARY KEY(event_id, partner, state)
+);
 CREATE INDEX IF NOT EXISTS receipt_pending ON receipt_entries(id) WHERE statement_id IS NULL;
 CREATE TABLE IF NOT EXISTS webhooks(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -132,13 +149,18 @@ CREATE TABLE IF NOT EXISTS refused(
   at INTEGER NOT NULL
 );
 """
+# Columns added by schema version 2 (a version 1 database gets them when opened).
+_ADDED_COLUMNS: Final = (
+    ("inbox", "outcome"),
+    ("receipt_entries", "outcome"),
+)
 _OUTBOX_COLUMNS: Final = (
     "event_id, event_type, priority, rule, triage, recipients, fallback, state, reason, "
     "created_at, published_at, ingress_seq"
 )
 _INBOX_COLUMNS: Final = (
     "seq, event_id, event_type, priority, sender, rule, escalation, envelope, received_at, "
-    "state, decline_reason, updated_at"
+    "state, decline_reason, updated_at, outcome"
 )
 # Column lists are constants of this module: the f-strings below never hold input (S608).
 _WEBHOOK_COLUMNS: Final = "seq, webhook_id, kind, priority, attempts, next_at, created_at"
@@ -173,6 +195,7 @@ class NoticeIn:
     record: dict[str, Any]
     outbox_state: SentState | None  # what it makes of one of our own sent events
     reason: str | None = None
+    steps: tuple[ProgressStep, ...] = ()  # progress of our sent events it reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +238,7 @@ def _inbox_record(row: Sequence[Any]) -> InboxRecord:
         state=InboxState(row[9]),
         decline_reason=row[10],
         updated_at_ms=row[11],
+        outcome=row[12],
     )
 
 
@@ -237,10 +261,17 @@ class AgentStore:
             if version > _SCHEMA_VERSION:
                 raise ConfigError(f"agent database {path} is from a newer version")
             self._db.executescript(_SCHEMA)
+            self._add_columns()
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open the agent database {path}: {exc}") from exc
         path.chmod(0o600)
+
+    def _add_columns(self) -> None:
+        for table, column in _ADDED_COLUMNS:
+            known = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in known:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         """Close the connection (a WAL checkpoint happens on the last close)."""
@@ -396,11 +427,13 @@ class AgentStore:
         self._add_entry(d.event_id, "DELIVERED", None, at_ms)
         return bool(cursor.rowcount)
 
-    def _add_entry(self, event_id: str, state: str, reason: str | None, at_ms: int) -> bool:
+    def _add_entry(
+        self, event_id: str, state: str, reason: str | None, at_ms: int, outcome: str | None = None
+    ) -> bool:
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO receipt_entries(event_id, state, decline_reason, at)"
-            " VALUES (?,?,?,?)",
-            (event_id, state, reason, at_ms),
+            "INSERT OR IGNORE INTO receipt_entries(event_id, state, decline_reason, at, outcome)"
+            " VALUES (?,?,?,?,?)",
+            (event_id, state, reason, at_ms, outcome),
         )
         return bool(cursor.rowcount)
 
@@ -440,7 +473,37 @@ class AgentStore:
                 " AND state IN ('queued', 'published')",
                 (notice.event_id,),
             )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO progress(event_id, partner, role, state, decline_reason,"
+            " outcome, escalated_to, at, notice_id) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    step.event_id,
+                    step.partner,
+                    step.role,
+                    step.state,
+                    step.decline_reason,
+                    step.outcome,
+                    json.dumps(list(step.escalated_to)),
+                    step.at_ms,
+                    notice.notice_id,
+                )
+                for step in notice.steps
+            ],
+        )
         return bool(cursor.rowcount)
+
+    def progress(self, event_id: str) -> list[ProgressStep]:
+        """The steps the gateway reported for one of our sent events."""
+        rows = self._db.execute(
+            "SELECT event_id, partner, role, state, at, decline_reason, outcome, escalated_to"
+            " FROM progress WHERE event_id = ? ORDER BY at, partner",
+            (event_id,),
+        ).fetchall()
+        return [
+            ProgressStep(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])))
+            for r in rows
+        ]
 
     def inbox_record(self, event_id: str) -> InboxRecord | None:
         """One inbox row (envelope sealed)."""
@@ -463,7 +526,12 @@ class AgentStore:
         return [_inbox_record(r) for r in rows]
 
     def act(
-        self, event_id: str, state: InboxState, reason: str | None, at_ms: int
+        self,
+        event_id: str,
+        state: InboxState,
+        reason: str | None,
+        at_ms: int,
+        outcome: str | None = None,
     ) -> InboxRecord | None:
         """Move a delivered event to ``state`` and record its receipt entry, atomically.
 
@@ -475,10 +543,28 @@ class AgentStore:
             if record is None or record.state is not InboxState.DELIVERED:
                 return record
             db.execute(
-                "UPDATE inbox SET state = ?, decline_reason = ?, updated_at = ? WHERE event_id = ?",
-                (state.value, reason, at_ms, event_id),
+                "UPDATE inbox SET state = ?, decline_reason = ?, outcome = ?, updated_at = ?"
+                " WHERE event_id = ?",
+                (state.value, reason, outcome, at_ms, event_id),
             )
-            self._add_entry(event_id, state.value.upper(), reason, at_ms)
+            self._add_entry(event_id, state.value.upper(), reason, at_ms, outcome)
+        return self.inbox_record(event_id)
+
+    def conclude(self, event_id: str, outcome: str, at_ms: int) -> InboxRecord | None:
+        """Record the outcome of an event taken in charge, and its ``CONCLUDED`` entry.
+
+        Returns the row as it is afterwards (``None``: unknown event); the caller compares
+        (not taken in charge, or concluded with another outcome: a conflict).
+        """
+        with self._tx() as db:
+            record = self.inbox_record(event_id)
+            if record is None or record.state is not InboxState.TAKEN_IN_CHARGE:
+                return record
+            if self._add_entry(event_id, "CONCLUDED", None, at_ms, outcome):
+                db.execute(
+                    "UPDATE inbox SET outcome = ?, updated_at = ? WHERE event_id = ?",
+                    (outcome, at_ms, event_id),
+                )
         return self.inbox_record(event_id)
 
     def notices(self, *, after: int, limit: int) -> list[Notice]:
@@ -507,14 +593,17 @@ class AgentStore:
 
     # -- receipts ----------------------------------------------------------------------------
 
-    def pending_entries(self, limit: int) -> list[tuple[int, str, str, str | None, int]]:
-        """``(id, event_id, state, decline_reason, at)`` not yet in a statement, in order."""
+    def pending_entries(
+        self, limit: int
+    ) -> list[tuple[int, str, str, str | None, int, str | None]]:
+        """``(id, event_id, state, decline_reason, at, outcome)`` not yet in a statement,
+        in order."""
         rows = self._db.execute(
-            "SELECT id, event_id, state, decline_reason, at FROM receipt_entries"
+            "SELECT id, event_id, state, decline_reason, at, outcome FROM receipt_entries"
             " WHERE statement_id IS NULL ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall()
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def save_statement(
         self, entry_ids: Sequence[int], data: bytes, msg_id: str, at_ms: int

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any, Final
 
-from relais.agents.models import InboxItem, Notice, SentEvent, Submission
+from relais.agents.models import InboxItem, Notice, Rung, SentEvent, Submission
 from relais.schemas.domain import Priority
 from relais.schemas.registry import to_jsonable
 
@@ -20,6 +20,7 @@ __all__ = [
     "iso_ms",
     "item_json",
     "notice_json",
+    "rung_json",
     "sent_json",
     "submission_json",
     "webhook_body",
@@ -49,8 +50,26 @@ def submission_json(sub: Submission) -> dict[str, Any]:
     }
 
 
+def rung_json(rung: Rung) -> dict[str, Any]:
+    """Where a sent event stands at one recipient, each step with its time."""
+    return {
+        "partner": rung.partner,
+        "role": rung.role,
+        "state": rung.state,
+        "routed_at": iso_ms(rung.routed_at_ms),
+        "delivered_at": iso_ms(rung.delivered_at_ms),
+        "taken_in_charge_at": iso_ms(rung.taken_in_charge_at_ms),
+        "declined_at": iso_ms(rung.declined_at_ms),
+        "decline_reason": rung.decline_reason,
+        "concluded_at": iso_ms(rung.concluded_at_ms),
+        "outcome": rung.outcome,
+        "escalated_at": iso_ms(rung.escalated_at_ms),
+        "escalated_to": list(rung.escalated_to),
+    }
+
+
 def sent_json(sent: SentEvent) -> dict[str, Any]:
-    """``GET /v1/events/{id}``."""
+    """``GET /v1/events/{id}``: the routing decision, the state, each recipient's ladder."""
     return {
         "event_id": str(sent.event_id),
         "event_type": sent.event_type.value,
@@ -63,6 +82,7 @@ def sent_json(sent: SentEvent) -> dict[str, Any]:
         "reason": sent.reason,
         "created_at": iso_ms(sent.created_at_ms),
         "published_at": iso_ms(sent.published_at_ms),
+        "ladder": [rung_json(r) for r in sent.ladder],
     }
 
 
@@ -79,6 +99,7 @@ def item_json(item: InboxItem) -> dict[str, Any]:
         "received_at": iso_ms(item.received_at_ms),
         "state": item.state.value,
         "decline_reason": item.decline_reason,
+        "outcome": item.outcome,
         "cursor": item.seq,
         "fields": to_jsonable(item.fields),
         "opened_sections": list(item.opened_sections),
@@ -88,11 +109,14 @@ def item_json(item: InboxItem) -> dict[str, Any]:
 
 
 def notice_json(notice: Notice) -> dict[str, Any]:
-    """A rejection or escalation notice (metadata only)."""
+    """A rejection, escalation or progress notice (metadata only).
+
+    ``event_id`` is ``None`` for a progress notice about several events (see its steps).
+    """
     return {
         "notice_id": notice.notice_id,
         "kind": notice.kind.value,
-        "event_id": notice.event_id,
+        "event_id": notice.event_id or None,
         "priority": Priority(notice.priority).label,
         "received_at": iso_ms(notice.received_at_ms),
         "cursor": notice.seq,
