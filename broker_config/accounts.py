@@ -14,6 +14,10 @@ the partnership connects to, and every identity has an account of its own:
   and ``OPERATOR`` (read-only inspection) hold one service user each;
 * ``PARTNER_<id>`` holds the one user of partner ``<id>``.
 
+One account per partner rather than one shared by all partners: in a shared account, a reply
+subject naming another partner's inbox (``_INBOX_<other>.x``) would deliver the answer to that
+partner, whose subscribe permission covers its inbox; per-user permissions cannot prevent it.
+
 A client account reaches the hub only through service imports of the exact subjects its role
 needs; the hub exports them. Answers travel back to a response subject in the client's own
 account: a client that names another subject as reply can only reach its own account, where no
