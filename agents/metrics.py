@@ -76,6 +76,12 @@ class AgentMetrics:
         self.nats_connected = Gauge(
             "relais_agent_nats_connected", "1 while connected to the broker.", registry=r
         )
+        self.purged = Counter(
+            "relais_agent_purged_total",
+            "Rows forgotten past the partnership's retention limits, by store.",
+            ["store"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "relais_agent_delivery_batch_seconds",
             "Time to verify, store, acknowledge a pulled batch.",

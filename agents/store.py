@@ -19,6 +19,9 @@ is ids, codes and times. Tables::
     statements       signed receipt statements, their Nats-Msg-Id, published time
     webhooks         webhook_id (unique), kind, priority, state, attempts, next attempt
     refused          deliveries refused for good: stream sequence, event id, reason code
+    purges           what each retention purge forgot: store, count, up-to time (metadata)
+    restored         after a restore from a backup, per delivery priority, the last stream
+                     sequence the lost state had acknowledged (:mod:`relais.agents.backup`)
 
 Every change that must be atomic is one transaction (one fsync): a batch of deliveries, their
 ``DELIVERED`` receipt entries and webhook jobs; a take-charge and its receipt entry; a batch
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,7 @@ from relais.agents.models import (
     SentState,
     WebhookJob,
 )
+from relais.agents.retention import Cutoffs, PurgeCounts, purge_rows
 from relais.schemas.errors import ConfigError
 
 __all__ = ["AgentStore", "NoticeIn", "OutboxRow", "StoredBatch"]
@@ -147,6 +151,17 @@ CREATE TABLE IF NOT EXISTS refused(
   priority INTEGER NOT NULL,
   reason TEXT NOT NULL,
   at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purges(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  store TEXT NOT NULL,
+  count INTEGER NOT NULL,
+  up_to INTEGER NOT NULL,
+  at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS restored(
+  priority INTEGER PRIMARY KEY,
+  acked_seq INTEGER NOT NULL
 );
 """
 # Columns added by schema version 2 (a version 1 database gets them when opened).
@@ -388,9 +403,11 @@ class AgentStore:
         jobs: list[WebhookJob] = []
         with self._tx() as db:
             for d in deliveries:
-                if self._add_delivery(d, at_ms):
+                # Acknowledged by the state a restore replaced: its receipt and webhook went.
+                recovered = self._handled_before_restore(d)
+                if self._add_delivery(d, at_ms, receipt=not recovered):
                     new_events.append(d.event_id)
-                    if webhooks:
+                    if webhooks and not recovered:
                         jobs.append(self._add_job(d.event_id, "event", d.priority, at_ms))
             for n in notices:
                 if self._add_notice(n, at_ms):
@@ -404,7 +421,13 @@ class AgentStore:
             )
         return StoredBatch(tuple(new_events), tuple(new_notices), tuple(jobs))
 
-    def _add_delivery(self, d: Delivery, at_ms: int) -> bool:
+    def _handled_before_restore(self, d: Delivery) -> bool:
+        row = self._db.execute(
+            "SELECT acked_seq FROM restored WHERE priority = ?", (d.priority,)
+        ).fetchone()
+        return row is not None and 0 < d.stream_seq <= int(row[0])
+
+    def _add_delivery(self, d: Delivery, at_ms: int, *, receipt: bool = True) -> bool:
         """The inbox row and its ``DELIVERED`` receipt entry; False when already there."""
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO inbox(event_id, event_type, priority, sender, rule,"
@@ -424,7 +447,8 @@ class AgentStore:
                 at_ms,
             ),
         )
-        self._add_entry(d.event_id, "DELIVERED", None, at_ms)
+        if receipt:
+            self._add_entry(d.event_id, "DELIVERED", None, at_ms)
         return bool(cursor.rowcount)
 
     def _add_entry(
@@ -671,3 +695,19 @@ class AgentStore:
     def refused_count(self) -> int:
         """How many deliveries were refused for good."""
         return int(self._db.execute("SELECT COUNT(*) FROM refused").fetchone()[0])
+
+    # -- retention and restore ---------------------------------------------------------------
+
+    def purge(self, limits: Cutoffs, at_ms: int) -> PurgeCounts:
+        """Forget the rows past ``limits`` in one transaction (:mod:`relais.agents.retention`)."""
+        with self._tx() as db:
+            return purge_rows(db, limits, at_ms)
+
+    def set_restored(self, acked: Mapping[int, int]) -> None:
+        """After a restore: per priority, the last stream sequence the lost state acked."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO restored VALUES (?, ?) ON CONFLICT(priority) DO UPDATE"
+                " SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                list(acked.items()),
+            )

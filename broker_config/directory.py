@@ -6,7 +6,9 @@ A signed directory file is one JSON object::
      "signature": "<base64>", "signed": {<directory object>}}
 
 ``signed`` holds ``format``, ``partnership``, ``serial``, ``issued_at``, ``root_key_id`` and
-``partners`` (see :class:`Directory`, :class:`Partner`, :class:`PartnerKey`). Encodings:
+``partners`` (see :class:`Directory`, :class:`Partner`, :class:`PartnerKey`), and
+``retention`` (:class:`~relais.broker_config.retention.Retention`; defaults when absent).
+Encodings:
 
 * public keys and the signature: standard base64 (RFC 4648 section 4, with padding, no line
   breaks); public keys are 32 bytes, the signature 64;
@@ -60,6 +62,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from relais.broker_config.retention import Retention
 from relais.schemas import _crypto
 from relais.schemas.domain import PARTNER_ID_RE, PartnerKind
 from relais.schemas.errors import ConfigError, DirectoryError, EnvelopeError, Reason
@@ -381,6 +384,8 @@ class Directory(_Frozen):
     issued_at: UtcDatetime
     root_key_id: KeyId
     partners: tuple[Partner, ...] = Field(default=(), max_length=MAX_PARTNERS)
+    # How long each store keeps what it holds (broker_config.retention); absent: defaults.
+    retention: Retention = Field(default_factory=Retention)
 
     @model_validator(mode="after")
     def _index_partners(self) -> Self:

@@ -15,6 +15,7 @@ import typer
 from relais.cli import (
     agent_cmd,
     audit_cmd,
+    backup_cmd,
     broker_cmd,
     directory_cmd,
     gateway_cmd,
@@ -46,6 +47,7 @@ app.add_typer(audit_cmd.app, name="audit", help="The tamper-evident audit log.")
 app.add_typer(agent_cmd.app, name="agent", help="A partner's agent: outbox, inbox, local API.")
 app.command("demo")(demo_cmd.demo)
 ops_cmd.register(app)  # flows, trace, pending, overdue, partners, quarantine, stats
+backup_cmd.register(agent_cmd.app, gateway_cmd.app)  # agent/gateway backup, restore
 
 
 def main() -> None:

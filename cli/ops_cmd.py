@@ -26,13 +26,14 @@ import json
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NoReturn
 
 import typer
 from rich.console import Console
@@ -41,6 +42,7 @@ from rich.table import Table
 
 from relais.agents.keys import read_root_public_key
 from relais.broker_config.directory import Directory, Partner
+from relais.cli._checks import NAGIOS_CRITICAL, NAGIOS_OK, NAGIOS_UNKNOWN, NAGIOS_WARNING
 from relais.cli._common import (
     EXIT_FAILURE,
     BrokerTarget,
@@ -48,6 +50,7 @@ from relais.cli._common import (
     DataDirOption,
     DirectoryFileOption,
     JsonOption,
+    NkeyOption,
     RootKeyOption,
     ServerOption,
     TimeoutOption,
@@ -70,7 +73,7 @@ from relais.gateway.flows import (
     read_backlog,
 )
 from relais.schemas.domain import EVENT_TYPES, PartnerKind, Priority
-from relais.schemas.errors import ConfigError, Reason
+from relais.schemas.errors import ConfigError, Reason, RelaisError
 
 __all__ = [
     "flows",
@@ -87,6 +90,10 @@ _WIDE: Final = 200  # columns when stdout is not a terminal: ids are never cut
 _DURATION_RE: Final = re.compile(r"([0-9]{1,9})([smhdw])")
 _UNIT_MS: Final = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _EVENT_TYPE_NAMES: Final = tuple(sorted(t.value for t in EVENT_TYPES))
+
+
+# -s, --creds, --nkey, --data-dir, --timeout as a command received them
+_BrokerOptions = tuple[str | None, Path | None, Path | None, Path | None, float]
 
 
 class By(StrEnum):
@@ -172,7 +179,7 @@ async def _load_async(
 
 def _load(
     ctx: typer.Context,
-    broker: tuple[str | None, Path | None, Path | None, float],
+    broker: _BrokerOptions,
     root_key: str | None,
     directory_file: Path | None,
     *,
@@ -181,7 +188,7 @@ def _load(
 ) -> _Loaded:
     """Read the audit log (and directory, backlog) from the broker the options name.
 
-    ``broker``: ``(server, creds, data_dir, timeout)`` as the command received them.
+    ``broker``: ``(server, creds, nkey, data_dir, timeout)`` as the command received them.
     """
     if directory_file is not None and root_key is None:
         raise ConfigError("--directory needs --root-public-key (or RELAIS_ROOT_PUBLIC_KEY)")
@@ -192,8 +199,8 @@ def _load(
         )
     root = read_root_public_key(root_key) if root_key is not None else None
     signed = read_directory_file(directory_file)
-    server, creds, data_dir, wait = broker
-    target = broker_target(ctx, server, creds, data_dir)
+    server, creds, nkey, data_dir, wait = broker
+    target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
     with _progress() as progress:
         loaded = asyncio.run(
             _load_async(
@@ -318,6 +325,7 @@ def flows(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -329,7 +337,7 @@ def flows(
     with reported_errors():
         _check_type(event_type)
         since_ms = _since_ms(since, _now_ms())
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     found = loaded.book.flows(event_type=event_type, partner=partner, since_ms=since_ms)
     shown = found[:limit] if limit else found
     quarantined = len(loaded.book.quarantine())
@@ -381,6 +389,7 @@ def trace(
     event_id: Annotated[str, typer.Argument(help="The event id (UUID).")],
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -391,7 +400,7 @@ def trace(
     logs_to_stderr()
     with reported_errors():
         wanted = _parse_event_id(event_id)
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     found = loaded.book.trace(wanted)
     if found is None:
         fail("EVENT_NOT_FOUND", f"the audit log has no record of event {wanted}", EXIT_FAILURE)
@@ -408,6 +417,7 @@ def pending(
     ctx: typer.Context,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -417,7 +427,7 @@ def pending(
     """Events nobody took in charge yet whose deadline (if any) has not passed."""
     logs_to_stderr()
     with reported_errors():
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     now = loaded.now_ms
     rows = loaded.book.pending(now)
     if as_json:
@@ -441,16 +451,20 @@ def overdue(
     ctx: typer.Context,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
     timeout: TimeoutOption = 10.0,
     as_json: JsonOption = False,
+    check: CheckOption = False,
 ) -> None:
     """Events past their deadline that nobody took in charge, escalated or not."""
     logs_to_stderr()
+    if check:
+        _overdue_check(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     with reported_errors():
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     now = loaded.now_ms
     rows = loaded.book.overdue(now)
     if as_json:
@@ -463,6 +477,47 @@ def overdue(
         return
     title = f"{len(rows)} overdue, {sum(1 for f in rows if f.escalation)} escalated"
     _console().print(_flow_table(title, rows, now, late=True))
+
+
+CheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="Nagios-style: one line, exit 0 none, 1 only non-FLASH overdue, 2 FLASH overdue"
+        " (3 UNKNOWN: the audit log could not be read).",
+    ),
+]
+
+
+def _overdue_check(
+    ctx: typer.Context,
+    broker: _BrokerOptions,
+    root_key: str | None,
+    directory_file: Path | None,
+) -> NoReturn:
+    """One status line with counts only (never an id or content), and the Nagios exit code."""
+    try:
+        loaded = _load(ctx, broker, root_key, directory_file)
+    except RelaisError as exc:
+        typer.echo(f"OVERDUE UNKNOWN - {exc.reason.value}")
+        raise typer.Exit(NAGIOS_UNKNOWN) from exc
+    rows = loaded.book.overdue(loaded.now_ms)
+    by_priority = Counter(f.priority for f in rows)
+    flash = by_priority.get("FLASH", 0)
+    escalated = sum(1 for f in rows if f.escalation)
+    code, word = (
+        (NAGIOS_CRITICAL, "CRITICAL")
+        if flash
+        else (NAGIOS_WARNING, "WARNING")
+        if rows
+        else (NAGIOS_OK, "OK")
+    )
+    counts = " ".join(f"{p}={by_priority.get(p, 0)}" for p in ("FLASH", "URGENT", "ROUTINE"))
+    typer.echo(
+        f"OVERDUE {word} - {len(rows)} overdue ({counts}), {escalated} escalated"
+        f" | overdue={len(rows)} flash={flash} escalated={escalated}"
+    )
+    raise typer.Exit(code)
 
 
 # -- partners, quarantine ----------------------------------------------------------------------
@@ -494,6 +549,7 @@ def partners(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -505,7 +561,7 @@ def partners(
     with reported_errors():
         loaded = _load(
             ctx,
-            (server, creds, data_dir, timeout),
+            (server, creds, nkey, data_dir, timeout),
             root_public_key,
             directory,
             need_directory="partners",
@@ -569,6 +625,7 @@ def quarantine(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -580,7 +637,7 @@ def quarantine(
     with reported_errors():
         if reason is not None and reason not in Reason.__members__:
             raise ConfigError(f"not a reason code: {reason}")
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     rows = loaded.book.quarantine(reason=reason)
     counts: dict[str, int] = {}
     for q in rows:
@@ -641,6 +698,7 @@ def stats(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -652,7 +710,7 @@ def stats(
     with reported_errors():
         loaded = _load(
             ctx,
-            (server, creds, data_dir, timeout),
+            (server, creds, nkey, data_dir, timeout),
             root_public_key,
             directory,
             need_directory="stats",

@@ -109,10 +109,18 @@ class Checkpointer:
         if stored is not None and stored.subject == CHECKPOINT_SUBJECT:
             with contextlib.suppress(EnvelopeError):
                 found = open_checkpoint(stored.data, keys=None)
+        if found is None and await self._expired(seq):
+            return  # dropped by age (retention), not cut: the log now begins after it
         if found is None or (found.last_seq, found.chain) != (last_seq, chain):
             raise RelaisError(
                 f"the audit log lost checkpoint {seq}", reason=Reason.AUDIT_ANCHOR_MISSING
             )
+
+    async def _expired(self, seq: int) -> bool:
+        """True when message ``seq`` is before the log's first one and the log expires by age."""
+        info = await self._conn.api(f"$JS.API.STREAM.INFO.{AUDIT_STREAM}")
+        state, config = info.get("state") or {}, info.get("config") or {}
+        return bool(config.get("max_age")) and seq < int(state.get("first_seq", 0))
 
     def _write_anchor(self, seq: int, checkpoint: Checkpoint) -> None:
         if self._anchor_file is None:

@@ -14,6 +14,12 @@ Tables::
               the progress notice that carries it
     notices   signed progress notices, kept until the broker acknowledged them (a notice
               re-sent after a crash is the same bytes, so the duplicate window absorbs it)
+    marks     per stream governed by retention, its first sequence when last looked at
+    purges    PURGED audit records committed with their purge, until the log stored them
+
+Retention (:meth:`TrackerStore.purge`): events that left ``open`` longer ago than the
+partnership's ``tracker_closed_seconds`` are forgotten with their parties, and so are early
+receipts and parked closures older than that (their event never came).
 
 Every change is idempotent: an event is inserted once, a party's state only moves forward
 (a duplicate, older or conflicting receipt changes nothing), an event leaves ``open`` once.
@@ -23,7 +29,9 @@ callers group changes in :meth:`TrackerStore.transaction`.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping
@@ -36,6 +44,7 @@ from typing import Any, Final
 from relais.schemas.errors import ConfigError
 
 __all__ = [
+    "DeadlineSummary",
     "EarlyReceipt",
     "EventState",
     "Party",
@@ -45,6 +54,7 @@ __all__ = [
     "StoredNotice",
     "TrackedEvent",
     "TrackerStore",
+    "lock_path",
 ]
 
 _SCHEMA: Final = """
@@ -89,6 +99,15 @@ CREATE TABLE IF NOT EXISTS closures (
     alert_sender TEXT,
     at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_left ON events (state, state_at);
+CREATE TABLE IF NOT EXISTS marks (
+    stream TEXT PRIMARY KEY,
+    first_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purges (
+    msg_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     sender TEXT NOT NULL,
@@ -120,6 +139,22 @@ CREATE INDEX IF NOT EXISTS notices_unpublished ON notices (created_at)
 """
 # Columns added since the first version of the database: (table, column, declaration).
 _ADDED_COLUMNS: Final = (("parties", "outcome", "TEXT"), ("early", "outcome", "TEXT"))
+
+
+def lock_path(database: Path) -> Path:
+    """The lock file a running tracker holds (``relais gateway restore`` refuses it then)."""
+    return database.with_name(database.name + ".lock")
+
+
+def _lock(path: Path) -> int | None:
+    # One tracker per database: a second one, or a restore under a live one, is refused.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(f"another tracker uses {path.parent}") from exc
+    return fd
 
 
 class EventState(StrEnum):
@@ -243,6 +278,16 @@ class StoredNotice:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class DeadlineSummary:
+    """Per priority: events with a deadline not taken in charge, for the watch metrics."""
+
+    priority: str
+    open: int  # waiting, deadline not passed yet
+    overdue: int  # deadline passed, nobody took it in charge, not closed (escalated or not)
+    next_deadline_at: int | None  # earliest deadline among the open ones
+
+
 def _event(row: sqlite3.Row) -> TrackedEvent:
     return TrackedEvent(
         event_id=uuid.UUID(row["event_id"]),
@@ -266,6 +311,7 @@ class TrackerStore:
     def __init__(self, path: Path) -> None:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = _lock(lock_path(path))
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -284,8 +330,11 @@ class TrackerStore:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (and release its lock)."""
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -533,3 +582,70 @@ class TrackerStore:
             "UPDATE notices SET published_at = ? WHERE notice_id = ?",
             [(at, notice_id) for notice_id in notice_ids],
         )
+
+    # -- retention and watch ---------------------------------------------------------------
+
+    def purge(self, before_ms: int) -> int:
+        """Forget events that left ``open`` before ``before_ms``, their parties, and early
+        receipts and parked closures older than that; the number of events forgotten.
+
+        Call inside :meth:`transaction`. An open event is never forgotten: its deadline is
+        still watched.
+        """
+        old = "SELECT event_id FROM events WHERE state != ? AND state_at < ?"
+        params = (EventState.OPEN.value, before_ms)
+        self._db.execute(f"DELETE FROM parties WHERE event_id IN ({old})", params)  # noqa: S608
+        count = self._db.execute(
+            "DELETE FROM events WHERE state != ? AND state_at < ?", params
+        ).rowcount
+        self._db.execute("DELETE FROM early WHERE at < ?", (before_ms,))
+        self._db.execute("DELETE FROM closures WHERE at < ?", (before_ms,))
+        return int(count)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open (another task of the loop is inside one)."""
+        return self._db.in_transaction
+
+    def keep_purge_record(self, msg_id: str, record: Mapping[str, Any]) -> None:
+        """Keep a PURGED audit record to publish (in the purge's own transaction)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO purges VALUES (?, ?)", (msg_id, json.dumps(dict(record)))
+        )
+
+    def purge_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """PURGED audit records not yet stored by the log: ``(msg_id, fields)``."""
+        rows = self._db.execute("SELECT msg_id, record FROM purges ORDER BY msg_id").fetchall()
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def drop_purge_record(self, msg_id: str) -> None:
+        """The log stored this record."""
+        self._db.execute("DELETE FROM purges WHERE msg_id = ?", (msg_id,))
+
+    def mark(self, stream: str) -> int | None:
+        """The first sequence of ``stream`` recorded by :meth:`set_mark`, if any."""
+        row = self._db.execute("SELECT first_seq FROM marks WHERE stream = ?", (stream,))
+        found = row.fetchone()
+        return None if found is None else int(found["first_seq"])
+
+    def set_mark(self, stream: str, first_seq: int) -> None:
+        """Record the first sequence of ``stream`` seen now."""
+        self._db.execute(
+            "INSERT INTO marks VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET first_seq ="
+            " excluded.first_seq",
+            (stream, first_seq),
+        )
+
+    def deadlines(self, now_ms: int) -> list[DeadlineSummary]:
+        """Per priority: open, overdue (as ``relais overdue`` counts) and the next deadline."""
+        rows = self._db.execute(
+            "SELECT priority,"
+            " SUM(CASE WHEN state = 'open' AND deadline_at > ?1 THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN deadline_at <= ?1 THEN 1 ELSE 0 END),"
+            " MIN(CASE WHEN state = 'open' AND deadline_at > ?1 THEN deadline_at END)"
+            " FROM events e WHERE deadline_at IS NOT NULL AND state IN ('open', 'escalated')"
+            " AND NOT EXISTS (SELECT 1 FROM parties p WHERE p.event_id = e.event_id"
+            " AND p.state IN ('TAKEN_IN_CHARGE', 'CONCLUDED')) GROUP BY priority",
+            (now_ms,),
+        ).fetchall()
+        return [DeadlineSummary(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
