@@ -50,7 +50,6 @@ from relais.cli._common import (
     DataDirOption,
     DirectoryFileOption,
     JsonOption,
-    NkeyOption,
     RootKeyOption,
     ServerOption,
     TimeoutOption,
@@ -90,10 +89,6 @@ _WIDE: Final = 200  # columns when stdout is not a terminal: ids are never cut
 _DURATION_RE: Final = re.compile(r"([0-9]{1,9})([smhdw])")
 _UNIT_MS: Final = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _EVENT_TYPE_NAMES: Final = tuple(sorted(t.value for t in EVENT_TYPES))
-
-
-# -s, --creds, --nkey, --data-dir, --timeout as a command received them
-_BrokerOptions = tuple[str | None, Path | None, Path | None, Path | None, float]
 
 
 class By(StrEnum):
@@ -179,7 +174,7 @@ async def _load_async(
 
 def _load(
     ctx: typer.Context,
-    broker: _BrokerOptions,
+    broker: tuple[str | None, Path | None, Path | None, float],
     root_key: str | None,
     directory_file: Path | None,
     *,
@@ -188,7 +183,7 @@ def _load(
 ) -> _Loaded:
     """Read the audit log (and directory, backlog) from the broker the options name.
 
-    ``broker``: ``(server, creds, nkey, data_dir, timeout)`` as the command received them.
+    ``broker``: ``(server, creds, data_dir, timeout)`` as the command received them.
     """
     if directory_file is not None and root_key is None:
         raise ConfigError("--directory needs --root-public-key (or RELAIS_ROOT_PUBLIC_KEY)")
@@ -199,8 +194,8 @@ def _load(
         )
     root = read_root_public_key(root_key) if root_key is not None else None
     signed = read_directory_file(directory_file)
-    server, creds, nkey, data_dir, wait = broker
-    target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
+    server, creds, data_dir, wait = broker
+    target = broker_target(ctx, server, creds, data_dir)
     with _progress() as progress:
         loaded = asyncio.run(
             _load_async(
@@ -325,7 +320,6 @@ def flows(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
-    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -337,7 +331,7 @@ def flows(
     with reported_errors():
         _check_type(event_type)
         since_ms = _since_ms(since, _now_ms())
-        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
     found = loaded.book.flows(event_type=event_type, partner=partner, since_ms=since_ms)
     shown = found[:limit] if limit else found
     quarantined = len(loaded.book.quarantine())
@@ -389,7 +383,6 @@ def trace(
     event_id: Annotated[str, typer.Argument(help="The event id (UUID).")],
     server: ServerOption = None,
     creds: CredsOption = None,
-    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -400,7 +393,7 @@ def trace(
     logs_to_stderr()
     with reported_errors():
         wanted = _parse_event_id(event_id)
-        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
     found = loaded.book.trace(wanted)
     if found is None:
         fail("EVENT_NOT_FOUND", f"the audit log has no record of event {wanted}", EXIT_FAILURE)
@@ -417,7 +410,6 @@ def pending(
     ctx: typer.Context,
     server: ServerOption = None,
     creds: CredsOption = None,
-    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -427,7 +419,7 @@ def pending(
     """Events nobody took in charge yet whose deadline (if any) has not passed."""
     logs_to_stderr()
     with reported_errors():
-        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
     now = loaded.now_ms
     rows = loaded.book.pending(now)
     if as_json:
@@ -451,7 +443,6 @@ def overdue(
     ctx: typer.Context,
     server: ServerOption = None,
     creds: CredsOption = None,
-    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -462,9 +453,9 @@ def overdue(
     """Events past their deadline that nobody took in charge, escalated or not."""
     logs_to_stderr()
     if check:
-        _overdue_check(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
+        _overdue_check(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
     with reported_errors():
-        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
     now = loaded.now_ms
     rows = loaded.book.overdue(now)
     if as_json:
@@ -491,7 +482,7 @@ CheckOption = Annotated[
 
 def _overdue_check(
     ctx: typer.Context,
-    broker: _BrokerOptions,
+    broker: tuple[str | None, Path | None, Path | None, float],
     root_key: str | None,
     directory_file: Path | None,
 ) -> NoReturn:
@@ -549,7 +540,6 @@ def partners(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
-    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -561,7 +551,7 @@ def partners(
     with reported_errors():
         loaded = _load(
             ctx,
-            (server, creds, nkey, data_dir, timeout),
+            (server, creds, data_dir, timeout),
             root_public_key,
             directory,
             need_directory="partners",
@@ -625,7 +615,6 @@ def quarantine(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
-    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -637,7 +626,7 @@ def quarantine(
     with reported_errors():
         if reason is not None and reason not in Reason.__members__:
             raise ConfigError(f"not a reason code: {reason}")
-        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
     rows = loaded.book.quarantine(reason=reason)
     counts: dict[str, int] = {}
     for q in rows:
@@ -698,7 +687,6 @@ def stats(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
-    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -710,7 +698,7 @@ def stats(
     with reported_errors():
         loaded = _load(
             ctx,
-            (server, creds, nkey, data_dir, timeout),
+            (server, creds, data_dir, timeout),
             root_public_key,
             directory,
             need_directory="stats",
