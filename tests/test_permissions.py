@@ -248,3 +248,52 @@ async def test_operator_reads_only(world) -> None:
     finally:
         await operator.close()
         await gateway.close()
+
+
+def role_refusals(victim_id: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """What no gateway role may do: administer JetStream, or touch a partner's consumer."""
+    victim = delivery_consumer_name(victim_id, Priority.FLASH)
+    return [
+        *admin_calls(victim_id)[:5],  # stream create, update, delete, purge, message delete
+        ("$JS.API.STREAM.UPDATE.AUDIT", {"name": "AUDIT", "max_msgs": 3}),
+        ("$JS.API.STREAM.DELETE.AUDIT", None),
+        ("$JS.API.STREAM.CREATE.SPY", {"name": "SPY", "subjects": [f"_INBOX_{victim_id}.>"]}),
+        ("$JS.API.CONSUMER.CREATE.DELIVERY.spy.ref.out.>", {"stream_name": "DELIVERY"}),
+        ("$JS.API.CONSUMER.DURABLE.CREATE.INGRESS.router", {"stream_name": "INGRESS"}),
+        (f"$JS.API.CONSUMER.DELETE.DELIVERY.{victim}", None),
+        (f"$JS.API.CONSUMER.MSG.NEXT.DELIVERY.{victim}", {"batch": 1}),
+        (f"$JS.API.CONSUMER.INFO.DELIVERY.{victim}", None),
+        ("$JS.API.DIRECT.GET.DELIVERY", {"seq": 1}),
+        ("$JS.API.STREAM.MSG.GET.DELIVERY", {"seq": 1}),
+    ]
+
+
+@pytest.mark.parametrize("role", ["router", "tracker"])
+async def test_gateway_roles_cannot_administer_nor_read_partners(world, role: str) -> None:
+    """Each gateway role's credential: no stream or consumer administration, no partner's
+    consumer, no partner's subjects; each call tried, each refused, nothing changed."""
+    conn = await getattr(world, role)()
+    gateway = await world.gateway()
+    victim = "crip-1"
+    victim_consumer = delivery_consumer_name(victim, Priority.FLASH)
+    try:
+        held = await gateway.js_publish(f"ref.out.{victim}.FLASH", b"for the victim only")
+        for subject, body in role_refusals(victim):
+            await denied(conn.api(subject, body))
+        ack = f"$JS.ACK.DELIVERY.{victim_consumer}.1.{held.seq}.1.1.0"
+        await denied(conn.publish(ack, b"+ACK"))
+        for subject in (f"ref.in.{victim}", f"ref.rcpt.{victim}"):
+            await denied(conn.publish(subject, b"spoof"))
+        if role == "router":  # only the tracker publishes directory editions and checkpoints
+            for subject in ("ref.dir", "ref.audit.ckpt"):
+                await denied(conn.publish(subject, b"x"))
+        for subject in (">", "ref.>", f"_INBOX_{victim}.>", "_INBOX__admin.>"):
+            await denied(conn.subscribe(subject))
+        await check_state(gateway, victim)
+        info = await consumer_info(gateway, "DELIVERY", victim_consumer)
+        assert info["num_pending"] >= 1  # still there for the partner
+        audit = await gateway.api("$JS.API.STREAM.INFO.AUDIT")
+        assert audit["config"]["max_msgs"] == -1
+    finally:
+        await conn.close()
+        await gateway.close()
