@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relais.agents.validation import Code, ContractError, FieldProblem
+from relais.agents.validation import Code, ContractError, FieldProblem, safe_name
 from relais.schemas.errors import (
     EnvelopeError,
     PayloadError,
@@ -219,7 +219,11 @@ def pydantic_problems(errors: Sequence[Any]) -> list[FieldProblem]:
     """Problems of a pydantic validation (parameters, headers, small bodies), codes mapped."""
     out = []
     for err in errors:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = err.get("loc", ())
+        # header names are the API's (Idempotency-Key): kept as they are spelled
+        loc = [p if where[:1] == ("header",) else safe_name(p) for p in where[1:]]
+        if where[:1] not in (("body",), ("query",), ("path",), ("header",)):
+            loc = [safe_name(p) for p in where]
         code = _PYDANTIC_CODES.get(str(err.get("type", "")), Code.INVALID_PARAMETER)
         out.append(FieldProblem(".".join(loc) or "body", code))
     return out

@@ -59,6 +59,7 @@ __all__ = [
     "check_record",
     "check_sections",
     "parse_json_object",
+    "safe_name",
 ]
 
 MAX_PROBLEMS: Final = 32
@@ -196,6 +197,14 @@ class _Bad:
 
 _BAD: Final = _Bad()
 _Check = Callable[[Any, str, _Walk], Any]
+
+
+def safe_name(key: Any) -> str:
+    """A submitted member name as it may be reported: a plain name, else ``<name>``.
+
+    A name is the caller's, not a value, but one that is not an identifier may be data.
+    """
+    return key if isinstance(key, str) and _NAME.fullmatch(key) else "<name>"
 
 
 def _is_int(value: Any) -> bool:
@@ -412,8 +421,7 @@ def _object(node: Mapping[str, Any], props: Mapping[str, _Check]) -> _Check:
         bad = False
         for key in value:
             if key not in props:
-                name = key if isinstance(key, str) and _NAME.fullmatch(key) else "<name>"
-                walk.add(prefix + name, Code.UNKNOWN_FIELD)
+                walk.add(prefix + safe_name(key), Code.UNKNOWN_FIELD)
                 bad = True
         for key in required:
             if key not in value:

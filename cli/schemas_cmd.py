@@ -1,4 +1,10 @@
-"""``relais schemas``: check and list the shared Avro schemas."""
+"""``relais schemas``: check and list the shared Avro schemas, and show their JSON contract.
+
+``show TYPE`` prints the JSON Schema (draft 2020-12) of the JSON form a partner's system
+submits for an event type (the schema of ``POST /v1/events/TYPE`` in the OpenAPI document);
+``sample TYPE [--seed N]`` prints a valid, fictional example of it. An unknown type exits 2
+(``error [UNKNOWN_SCHEMA]``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
+from relais.cli._common import EXIT_USAGE, fail
 from relais.schemas.check import check_schemas
+from relais.schemas.domain import EventType
+from relais.schemas.errors import SchemaError
+from relais.schemas.jsonschema import example, json_schema
 from relais.schemas.registry import SchemaRegistry, default_registry, schema_root
 
 __all__ = ["app"]
@@ -71,3 +81,29 @@ def list_schemas(root: _RootOption = None, as_json: _JsonOption = False) -> None
             f"{row['event_type']:<28} {str(row['fingerprint'])[:16]}  "
             f"sections={','.join(row['sections'])}  history={row['earlier_versions']}"
         )
+
+
+_TypeArgument = Annotated[str, typer.Argument(help="Event type, e.g. runaway_alert.")]
+
+
+def _known(event_type: str) -> EventType:
+    try:
+        return default_registry().by_type(event_type).event_type
+    except SchemaError as exc:
+        fail(exc.reason.value, f"unknown event type {event_type!r}", EXIT_USAGE)
+
+
+@app.command("show")
+def show(event_type: _TypeArgument) -> None:
+    """Print the JSON Schema of the JSON form of an event type (with its example)."""
+    document = json_schema(_known(event_type))
+    typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@app.command("sample")
+def sample(
+    event_type: _TypeArgument,
+    seed: Annotated[int, typer.Option("--seed", help="Another fictional example.")] = 0,
+) -> None:
+    """Print a valid, fictional example of an event type, ready to submit."""
+    typer.echo(json.dumps(example(_known(event_type), seed), indent=2, ensure_ascii=False))
