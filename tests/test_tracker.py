@@ -343,10 +343,11 @@ async def test_outcomes_and_progress_notices_to_the_sender(
     )
     assert run.store.event(event_id).state is EventState.TAKEN
     receipts = [r for r in await records_about(run.conn, event_id) if r["kind"] == "RECEIPT"]
-    assert [(r["state"], r["outcome"]) for r in receipts] == [
-        ("DELIVERED", None),
-        ("TAKEN_IN_CHARGE", "ASSESSMENT_UNDER_WAY"),
+    # the records of one commit are published together: their order in the stream may vary
+    assert sorted((r["state"], r["outcome"] or "") for r in receipts) == [
         ("CONCLUDED", "NO_DANGER_FOUND"),
+        ("DELIVERED", ""),
+        ("TAKEN_IN_CHARGE", "ASSESSMENT_UNDER_WAY"),
     ]
 
     async def told() -> list[dict[str, Any]]:
@@ -363,10 +364,11 @@ async def test_outcomes_and_progress_notices_to_the_sender(
     deadline = time.monotonic() + BOUND
     while not await told():
         assert time.monotonic() < deadline, "no progress notice with the conclusion"
-    assert [(s["partner"], s["state"], s["outcome"]) for s in steps] == [
-        (CRIP, "ROUTED", None),
-        (CRIP, "DELIVERED", None),
-        (CRIP, "TAKEN_IN_CHARGE", "ASSESSMENT_UNDER_WAY"),
+    # each step once, in whatever order the notices came (receivers must not rely on it)
+    assert sorted((s["partner"], s["state"], s["outcome"] or "") for s in steps) == [
         (CRIP, "CONCLUDED", "NO_DANGER_FOUND"),
+        (CRIP, "DELIVERED", ""),
+        (CRIP, "ROUTED", ""),
+        (CRIP, "TAKEN_IN_CHARGE", "ASSESSMENT_UNDER_WAY"),
     ]
     assert all(s["event_id"] == event_id and s["role"] == "RECIPIENT" for s in steps)
