@@ -495,10 +495,14 @@ async def readyz(request: Request) -> Response:
         body = {"ready": False, "keys": False, "directory": False, "nats": False}
         return JSONResponse(body, status_code=503)
     state = agent.readiness()
-    body = {"ready": state.ready, "keys": state.keys, "directory": state.directory}
-    body["nats"] = state.nats
-    body["outbox_blocked"] = state.outbox_blocked
-    return JSONResponse(body, status_code=200 if state.ready else 503)
+    out = ReadyOut(
+        ready=state.ready,
+        keys=state.keys,
+        directory=state.directory,
+        nats=state.nats,
+        outbox_blocked=state.outbox_blocked,
+    )
+    return JSONResponse(out.model_dump(), status_code=200 if state.ready else 503)
 
 
 @health.get("/metrics", response_class=Response, summary="Prometheus metrics")
