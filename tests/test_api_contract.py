@@ -324,6 +324,20 @@ async def test_guard_answers_any_other_exception_opaquely() -> None:
     assert logs == [
         {"event": "agent.api_error", "status": 500, "error": "ValueError", "log_level": "error"}
     ]
+    # the application installs it: nothing escapes to the server (which would log a trace)
+    app = create_app(None, token=b"jeton-de-test-0123456789")
+
+    async def route() -> None:
+        raise KeyError(SECRET)
+
+    app.add_api_route("/boom", route)
+    transport = httpx.ASGITransport(app=app)  # re-raises anything that escapes the app
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+        boom = await client.get("/boom")
+        not_ready = await client.get("/v1/inbox", headers={"Authorization": "Bearer x"})
+    assert boom.status_code == 500
+    assert SECRET not in boom.text
+    assert not_ready.status_code == 401
 
 
 # -- a real agent behind the HTTP API ------------------------------------------------------------
