@@ -145,4 +145,5 @@ def submission(row: OutboxRow, *, replayed: bool) -> Submission:
         rule=row.rule,
         triage=row.triage,
         replayed=replayed,
+        edition=row.edition,
     )

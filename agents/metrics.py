@@ -73,6 +73,17 @@ class AgentMetrics:
         self.directory_serial = Gauge(
             "relais_agent_directory_serial", "Serial of the directory edition in use.", registry=r
         )
+        self.resealed = Counter(
+            "relais_agent_resealed",
+            "Events re-sealed by the agent after a rejection an edition change caused.",
+            ("reason",),
+            registry=r,
+        )
+        self.directory_expires_seconds = Gauge(
+            "relais_agent_directory_expires_seconds",
+            "Seconds until the configuration edition in use expires (negative: expired).",
+            registry=r,
+        )
         self.nats_connected = Gauge(
             "relais_agent_nats_connected", "1 while connected to the broker.", registry=r
         )

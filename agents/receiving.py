@@ -119,6 +119,14 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _stored_ms(msg: Msg) -> int | None:
+    """When the stream stored ``msg`` (Unix ms, from its ack subject); ``None``: unknown."""
+    try:
+        return int(msg.metadata.timestamp.timestamp() * 1000)
+    except (ValueError, IndexError, AttributeError):
+        return None
+
+
 def _stream_seq(msg: Msg) -> tuple[int | None, int]:
     """``(stream sequence, deliveries so far)`` from the ack subject."""
     try:
@@ -173,6 +181,7 @@ class Receiver:
         # A batch interrupted by a more urgent one, with the results so far (taken first).
         self._rest: dict[Priority, tuple[list[Msg], list[_Examined]]] = {}
         self._ready = asyncio.Event()
+        self._newer_named = False  # an envelope named a newer configuration edition
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pull and process until ``stop``."""
@@ -246,6 +255,9 @@ class Receiver:
         if done is None:
             return  # handed back: a more urgent batch goes first
         examined = done
+        if self._newer_named:  # its sender routes by a newer edition already: fetch it now
+            self._newer_named = False
+            await self._refresh()
         curable = any(isinstance(e, Refusal) and e.reason in _CURABLE for e in examined)
         if curable and await self._refresh():  # a newer directory may know the sender now
             view = self._watch.current
@@ -378,6 +390,7 @@ class Receiver:
         try:
             env = verify_envelope(msg.data, keys=view.keys)
             h = env.header
+            self._newer_named = self._newer_named or h.edition > view.serial
             ref = next((r for r in (*h.recipients, *h.fallback) if r.partner_id == self._me), None)
             if ref is None:
                 raise EnvelopeError(Reason.NOT_A_RECIPIENT)
@@ -404,7 +417,8 @@ class Receiver:
     def _examine_statement(self, msg: Msg, view: DirectoryView) -> NoticeIn | Refusal:
         priority = int(self._priority_of(msg))
         try:
-            statement = verify_statement(msg.data, keys=view.keys)
+            # Key validity is judged when the broker stored it, not when the signer says.
+            statement = verify_statement(msg.data, keys=view.keys, now_ms=_stored_ms(msg))
             if view.keys.partner_kind(statement.signer) is not PartnerKind.GATEWAY:
                 raise EnvelopeError(Reason.SIGNER_NOT_GATEWAY)
             record = statement.record

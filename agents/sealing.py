@@ -4,7 +4,8 @@
 metadata and asks the routing rules (with the signed directory in use) who gets it: the
 recipients, the fallback recipients released on escalation, the priority, the département
 and, for each secret section, the partners entitled to it. :func:`seal_planned` seals with
-exactly that decision, to the key the directory lists for each recipient now. The router
+exactly that decision, to the key the directory lists for each recipient now, and binds
+the edition (directory serial) and rules version it decided with in the header. The router
 recomputes the same decision from the header and quarantines any difference, so an agent
 never improvises: no rule and no triage desk found means no event (``NO_RULE``), a sender
 kind the rule does not allow is refused before sealing (``SENDER_NOT_ALLOWED``).
@@ -37,6 +38,7 @@ class Plan:
     recipients: tuple[Recipient, ...]
     fallback: tuple[Recipient, ...]
     partnership: str  # the directory's, bound in the envelope's header
+    edition: int = 0  # the configuration edition (directory serial) decided with, bound too
 
     @property
     def event_type(self) -> EventType:
@@ -110,6 +112,7 @@ def plan_event(
         recipients=tuple(_recipient(keys, p, at_ms) for p in decision.recipients),
         fallback=tuple(_recipient(keys, p, at_ms) for p in decision.fallback),
         partnership=directory.partnership,
+        edition=directory.serial,
     )
 
 
@@ -128,6 +131,8 @@ def seal_planned(
         plan.record,
         sender=sender,
         partnership=plan.partnership,
+        edition=plan.edition,
+        rules_version=plan.decision.ruleset_version,
         recipients=plan.recipients,
         fallback=plan.fallback,
         departement=plan.decision.departement,

@@ -17,6 +17,14 @@ Example ``agent.toml`` (relative paths are relative to the file)::
     # webhook_secret_file = "secrets/webhook.secret"   # "whsec_<base64>" or raw text (0600)
     # rules_file = "rules.toml"             # default: the packaged partnership rules
 
+    [web]                                   # the web interface for people (off by default)
+    enabled = true
+    host = "127.0.0.1"                      # any other address only with TLS:
+    port = 8471                             # 0: chosen by the system (see data_dir/web.json)
+    # tls_cert_file = "tls/agent.crt"       # PEM certificate chain
+    # tls_key_file = "tls/agent.key"        # PEM private key (0600)
+    idle_timeout_seconds = 900              # a session unused this long ends
+
 Precedence: values given to :func:`load_settings` override environment variables
 (``RELAIS_AGENT_PARTNER_ID``, ``RELAIS_AGENT_KEY_FILES='["a.key","b.key"]'``...), which
 override the file, which overrides the defaults. Secrets never sit in the settings
@@ -35,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -49,6 +57,7 @@ from relais.schemas.errors import ConfigError
 
 __all__ = [
     "AgentSettings",
+    "WebSettings",
     "load_settings",
     "read_api_token",
     "read_webhook_secret",
@@ -81,6 +90,35 @@ class _FileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(_FILE_VALUES.get() or {})
+
+
+class WebSettings(BaseModel):
+    """The ``[web]`` section: the agent's web interface for the partner's staff."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8471, ge=0, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    idle_timeout_seconds: float = Field(default=900.0, ge=60, le=8 * 3600)
+    session_max_seconds: float = Field(default=12 * 3600.0, ge=300, le=_DAY)
+    max_failed_logins: int = Field(default=5, ge=3, le=10)
+    inbox_poll_seconds: float = Field(default=5.0, ge=1, le=300)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("web tls_cert_file and tls_key_file go together")
+        if not _is_loopback(self.host) and not self.tls:
+            raise ValueError("the web interface listens beyond loopback only with TLS")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Served over HTTPS (certificate and key files given)."""
+        return self.tls_cert_file is not None and self.tls_key_file is not None
 
 
 class AgentSettings(BaseSettings):
@@ -126,6 +164,8 @@ class AgentSettings(BaseSettings):
     retry_delay_seconds: float = Field(default=60.0, gt=0, le=3600)
     # events
     event_ttl_seconds: float = Field(default=14 * _DAY, gt=60, le=90 * _DAY)
+    # the web interface for people (agents/web)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -175,6 +215,16 @@ class AgentSettings(BaseSettings):
         """Where the running agent writes the address its API listens on."""
         return self.data_dir / "api.json"
 
+    @property
+    def web_database(self) -> Path:
+        """The web interface's SQLite database (people, login attempts, access log)."""
+        return self.data_dir / "web.sqlite3"
+
+    @property
+    def web_info_file(self) -> Path:
+        """Where the running agent writes the address its web interface listens on."""
+        return self.data_dir / "web.json"
+
 
 def _is_loopback(host: str) -> bool:
     try:
@@ -197,6 +247,11 @@ def _read_file_values(path: Path) -> dict[str, Any]:
             values[name] = base / values[name]
     if isinstance(values.get("key_files"), list):
         values["key_files"] = [base / p if isinstance(p, str) else p for p in values["key_files"]]
+    web = values.get("web")
+    if isinstance(web, dict):
+        for name in ("tls_cert_file", "tls_key_file"):
+            if isinstance(web.get(name), str):
+                web[name] = base / web[name]
     key = values.get("root_public_key")
     if isinstance(key, str) and (base / key).is_file():
         values["root_public_key"] = str(base / key)

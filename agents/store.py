@@ -74,7 +74,10 @@ CREATE TABLE IF NOT EXISTS outbox(
   ingress_seq INTEGER,
   attempts INTEGER NOT NULL DEFAULT 0,
   idempotency_key TEXT UNIQUE,
-  request_mac BLOB
+  request_mac BLOB,
+  edition INTEGER,
+  msg_id TEXT,
+  retained BLOB
 );
 CREATE INDEX IF NOT EXISTS outbox_queue ON outbox(priority, seq) WHERE state = 'queued';
 CREATE TABLE IF NOT EXISTS inbox(
@@ -168,10 +171,15 @@ CREATE TABLE IF NOT EXISTS restored(
 _ADDED_COLUMNS: Final = (
     ("inbox", "outcome"),
     ("receipt_entries", "outcome"),
+    # the configuration edition an event was sealed under, the Nats-Msg-Id of its last
+    # sealing, and its record kept encrypted for re-sealing (agents.reseal)
+    ("outbox", "edition"),
+    ("outbox", "msg_id"),
+    ("outbox", "retained"),
 )
 _OUTBOX_COLUMNS: Final = (
     "event_id, event_type, priority, rule, triage, recipients, fallback, state, reason, "
-    "created_at, published_at, ingress_seq"
+    "created_at, published_at, ingress_seq, edition"
 )
 _INBOX_COLUMNS: Final = (
     "seq, event_id, event_type, priority, sender, rule, escalation, envelope, received_at, "
@@ -197,6 +205,7 @@ class OutboxRow:
     created_at_ms: int
     published_at_ms: int | None
     ingress_seq: int | None
+    edition: int = 0  # the configuration edition it was (last) sealed under
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +245,7 @@ def _outbox_row(row: Sequence[Any]) -> OutboxRow:
         created_at_ms=row[9],
         published_at_ms=row[10],
         ingress_seq=row[11],
+        edition=int(row[12] or 0),
     )
 
 
@@ -310,7 +320,7 @@ class AgentStore:
             f"SELECT {_OUTBOX_COLUMNS}, request_mac FROM outbox WHERE idempotency_key = ?",  # noqa: S608
             (key,),
         ).fetchone()
-        return None if row is None else (_outbox_row(row), row[12])
+        return None if row is None else (_outbox_row(row), row[13])
 
     def insert_outgoing(self, batch: Sequence[Outgoing]) -> list[tuple[OutboxRow, bytes | None]]:
         """Write sealed events in one transaction; per item, the row that answers it.
@@ -328,8 +338,8 @@ class AgentStore:
                         continue
                 db.execute(
                     "INSERT INTO outbox(event_id, event_type, priority, rule, triage, recipients,"
-                    " fallback, envelope, state, created_at, idempotency_key, request_mac)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " fallback, envelope, state, created_at, idempotency_key, request_mac,"
+                    " edition, retained) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         item.event_id,
                         item.event_type,
@@ -343,6 +353,8 @@ class AgentStore:
                         item.created_at_ms,
                         item.idempotency_key,
                         item.request_mac,
+                        item.edition,
+                        item.retained,
                     ),
                 )
                 row = self.sent(item.event_id)
@@ -350,14 +362,15 @@ class AgentStore:
                 out.append((row, item.request_mac))
         return out
 
-    def queued(self, limit: int) -> list[tuple[str, str, int, bytes]]:
-        """``(event_id, event_type, priority, envelope)`` still to publish, FLASH first."""
+    def queued(self, limit: int) -> list[tuple[str, str, int, bytes, str]]:
+        """``(event_id, event_type, priority, envelope, msg id)`` still to publish, FLASH
+        first; the Nats-Msg-Id is the event id, ``<event id>:e<edition>`` once re-sealed."""
         rows = self._db.execute(
-            "SELECT event_id, event_type, priority, envelope FROM outbox WHERE state = 'queued'"
-            " ORDER BY priority, seq LIMIT ?",
+            "SELECT event_id, event_type, priority, envelope, msg_id FROM outbox"
+            " WHERE state = 'queued' ORDER BY priority, seq LIMIT ?",
             (limit,),
         ).fetchall()
-        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+        return [(r[0], r[1], r[2], bytes(r[3]), r[4] or r[0]) for r in rows]
 
     def count_queued(self) -> int:
         """How many events wait for the broker."""
@@ -373,6 +386,48 @@ class AgentStore:
                 " attempts = attempts + 1 WHERE event_id = ? AND state = 'queued'",
                 [(at_ms, seq, event_id) for event_id, seq in acks],
             )
+
+    # -- re-sealing (agents.reseal) -----------------------------------------------------------
+
+    def retained(self, event_id: str) -> tuple[OutboxRow, bytes | None] | None:
+        """A sent event's row and its record kept for re-sealing (``None``: purged)."""
+        row = self._db.execute(
+            f"SELECT {_OUTBOX_COLUMNS}, retained FROM outbox WHERE event_id = ?",  # noqa: S608
+            (event_id,),
+        ).fetchone()
+        return None if row is None else (_outbox_row(row), row[13])
+
+    def reseal(self, event_id: str, resealed: Outgoing, msg_id: str, *, from_seq: int) -> bool:
+        """Queue ``resealed`` in place of the event's envelope (same event id, a new
+        Nats-Msg-Id), if the row still holds the publish ``from_seq`` was refused for."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET envelope = ?, edition = ?, rule = ?, triage = ?,"
+                " recipients = ?, fallback = ?, priority = ?, msg_id = ?, state = 'queued',"
+                " reason = NULL WHERE event_id = ? AND ingress_seq IS ?",
+                (
+                    resealed.envelope,
+                    resealed.edition,
+                    resealed.rule,
+                    int(resealed.triage),
+                    json.dumps(list(resealed.recipients)),
+                    json.dumps(list(resealed.fallback)),
+                    resealed.priority,
+                    msg_id,
+                    event_id,
+                    from_seq,
+                ),
+            )
+            return bool(cursor.rowcount)
+
+    def forget_retained(self, before_ms: int) -> int:
+        """Drop the records kept for re-sealing of events created before ``before_ms``."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET retained = NULL WHERE retained IS NOT NULL AND created_at < ?",
+                (before_ms,),
+            )
+            return cursor.rowcount
 
     def sent(self, event_id: str) -> OutboxRow | None:
         """The outbox row of a submitted event."""

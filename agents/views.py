@@ -47,6 +47,7 @@ def submission_json(sub: Submission) -> dict[str, Any]:
         "fallback": list(sub.fallback),
         "rule": sub.rule,
         "triage": sub.triage,
+        "edition": sub.edition,
     }
 
 
@@ -78,6 +79,7 @@ def sent_json(sent: SentEvent) -> dict[str, Any]:
         "fallback": list(sent.fallback),
         "rule": sent.rule,
         "triage": sent.triage,
+        "edition": sent.edition,
         "state": sent.state.value,
         "reason": sent.reason,
         "created_at": iso_ms(sent.created_at_ms),

@@ -5,9 +5,14 @@ A signed directory file is one JSON object::
     {"format": "relais-directory/1", "root_key_id": "<16 hex>",
      "signature": "<base64>", "signed": {<directory object>}}
 
-``signed`` holds ``format``, ``partnership``, ``serial``, ``issued_at``, ``root_key_id`` and
-``partners`` (see :class:`Directory`, :class:`Partner`, :class:`PartnerKey`), and
-``retention`` (:class:`~relais.broker_config.retention.Retention`; defaults when absent).
+``signed`` holds ``format``, ``partnership``, ``serial``, ``issued_at``, ``expires_at``,
+``root_key_id``, ``partners`` and ``rules`` (see :class:`Directory`, :class:`Partner`,
+:class:`PartnerKey`), and ``retention`` (:class:`~relais.broker_config.retention.Retention`;
+defaults when absent). The directory and the routing rules are one signed document, the
+partnership's *configuration edition*: ``serial`` is the edition number, ``rules`` the text
+of the routing rules file (TOML, validated by :mod:`relais.broker_config.edition`), and
+``expires_at`` the end of the edition's validity, after which verifiers refuse it
+(``DIRECTORY_EXPIRED``), so that an edition held back from the agents is detected.
 Encodings:
 
 * public keys and the signature: standard base64 (RFC 4648 section 4, with padding, no line
@@ -25,9 +30,9 @@ parsed*, so the whitespace and member order of the file do not matter.
 Verification order (:func:`verify_directory`): size cap, strict JSON parse (duplicate members,
 floats, ``NaN`` refused), outer structure and partner-count cap, signature against the
 pinned root public key, rollback check on ``serial``, and only then the validation of the
-document (ids, codes, key ids, small-order keys, uniqueness). Reason codes:
-``DIRECTORY_MALFORMED``, ``DIRECTORY_BAD_SIGNATURE``, ``DIRECTORY_ROLLBACK`` and
-``SMALL_ORDER_KEY``.
+document (ids, codes, key ids, small-order keys, uniqueness), and, given the verifier's
+clock, the validity end. Reason codes: ``DIRECTORY_MALFORMED``, ``DIRECTORY_BAD_SIGNATURE``,
+``DIRECTORY_ROLLBACK``, ``DIRECTORY_EXPIRED`` and ``SMALL_ORDER_KEY``.
 
 A validated :class:`Directory` builds its lookup index once; :class:`DirectoryKeys` resolves
 envelope keys from it. The editing helpers (:func:`add_partner`, :func:`revoke_key`, ...)
@@ -48,6 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from importlib import resources
 from typing import Annotated, Any, Final, Literal, NoReturn, Protocol, Self, TypeVar
 
 from pydantic import (
@@ -69,11 +75,14 @@ from relais.schemas.errors import ConfigError, DirectoryError, EnvelopeError, Re
 from relais.schemas.strict_json import JsonLimits, check_bounds, loads_bounded
 
 __all__ = [
+    "DEFAULT_VALIDITY",
     "DEPARTEMENTS",
     "DIRECTORY_FORMAT",
     "MAX_DIRECTORY_BYTES",
     "MAX_KEYS_PER_PARTNER",
     "MAX_PARTNERS",
+    "MAX_RULES_CHARS",
+    "MAX_VALIDITY",
     "SIG_CONTEXT",
     "Directory",
     "DirectoryKeys",
@@ -91,6 +100,7 @@ __all__ = [
     "new_directory",
     "new_partner",
     "new_partner_key",
+    "packaged_rules_text",
     "parse_directory",
     "revoke_key",
     "revoke_partner",
@@ -98,6 +108,7 @@ __all__ = [
     "to_ms",
     "utc_now",
     "verify_directory",
+    "with_rules",
 ]
 
 DIRECTORY_FORMAT: Final = "relais-directory/1"
@@ -108,6 +119,11 @@ MAX_KEYS_PER_PARTNER: Final = 16
 MAX_NAME_CHARS: Final = 200
 # Serials stay exact in every JSON implementation (IEEE doubles).
 MAX_SERIAL: Final = 2**53 - 1
+# An edition is valid this long unless said otherwise: re-signed every month at the latest
+# (a partnership changes its directory every week), so a held-back edition is seen.
+DEFAULT_VALIDITY: Final = timedelta(days=31)
+MAX_VALIDITY: Final = timedelta(days=366)
+MAX_RULES_CHARS: Final = 1024 * 1024
 
 _KEY_ID_PREFIX = b"relais/1 key-id\x00"
 _KEY_ID_PATTERN = r"^[0-9a-f]{16}$"
@@ -131,6 +147,8 @@ _LIMITS: Final = JsonLimits(
     max_values=4096 + 24 * MAX_PARTNERS,
     max_depth=None,  # the models fix the shape; the parser's own recursion limit is caught
 )
+# Members a *signed* edition must spell out (a working document may leave them to defaults).
+_EDITION_MEMBERS = frozenset({"expires_at", "rules"})
 
 # INSEE codes of the départements: 01-19, 21-95 (no 20 since 1976), 2A, 2B, and the
 # overseas départements 971-974 and 976 (975, Saint-Pierre-et-Miquelon, is a collectivité).
@@ -161,6 +179,14 @@ def to_ms(moment: datetime) -> int:
 def utc_now() -> datetime:
     """The current UTC time, truncated to the second (the directory's precision)."""
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def packaged_rules_text() -> str:
+    """The packaged routing rules (``broker_config/rules/partnership.toml``), which a new
+    edition embeds unless given other rules."""
+    return (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text(
+        "utf-8"
+    )
 
 
 def canonical_json(value: object) -> bytes:
@@ -376,22 +402,48 @@ def _build_index(partners: Iterable[Partner]) -> _Index:
 
 
 class Directory(_Frozen):
-    """One edition of the partnership's directory (the ``signed`` object of the file)."""
+    """One edition of the partnership's configuration (the ``signed`` object of the file):
+    the directory of partners and the routing rules, valid until ``expires_at``."""
 
     format: Literal["relais-directory/1"] = DIRECTORY_FORMAT
     partnership: PartnerId
     serial: int = Field(ge=0, le=MAX_SERIAL)
     issued_at: UtcDatetime
+    # None only in a working document or a Directory built in Python (then DEFAULT_VALIDITY
+    # after issued_at); a signed edition always spells it out (checked by verify_directory).
+    expires_at: UtcDatetime | None = None
     root_key_id: KeyId
     partners: tuple[Partner, ...] = Field(default=(), max_length=MAX_PARTNERS)
     # How long each store keeps what it holds (broker_config.retention); absent: defaults.
     retention: Retention = Field(default_factory=Retention)
+    # The routing rules file's text (TOML), signed together with the partners it routes to.
+    rules: str = Field(
+        default_factory=packaged_rules_text, min_length=1, max_length=MAX_RULES_CHARS
+    )
 
     @model_validator(mode="after")
     def _index_partners(self) -> Self:
+        if not self.issued_at < self.valid_until <= self.issued_at + MAX_VALIDITY:
+            raise PydanticCustomError(
+                "validity", "expires_at must follow issued_at, by at most 366 days"
+            )
         # Building the index is also the uniqueness check: do it now, once.
         _ = self._index
         return self
+
+    @property
+    def valid_until(self) -> datetime:
+        """End of the edition's validity (``expires_at``, or its default)."""
+        return self.expires_at or self.issued_at + DEFAULT_VALIDITY
+
+    @cached_property
+    def expires_at_ms(self) -> int:
+        """End of the edition's validity, milliseconds since the epoch (inclusive)."""
+        return to_ms(self.valid_until)
+
+    def expired(self, at_ms: int) -> bool:
+        """True when the edition is past its validity end at ``at_ms``."""
+        return at_ms > self.expires_at_ms
 
     @cached_property
     def _index(self) -> _Index:
@@ -588,6 +640,8 @@ def sign_directory(directory: Directory, root: DirectorySigner) -> bytes:
             "the root key is not the directory's root key", reason=Reason.DIRECTORY_MALFORMED
         )
     signed = directory.model_dump(mode="json")
+    # A signed edition always spells out its validity end, even when left to the default.
+    signed["expires_at"] = format_utc(directory.valid_until)
     signature = _crypto.sign(root.sign_sk, SIG_CONTEXT, canonical_json(signed))
     document = {
         "format": DIRECTORY_FORMAT,
@@ -636,12 +690,17 @@ def _parse_unverified(data: bytes) -> tuple[dict[str, Any], str, bytes]:
 
 
 def verify_directory(
-    data: bytes, root_public_key: bytes, *, min_serial: int | None = None
+    data: bytes,
+    root_public_key: bytes,
+    *,
+    min_serial: int | None = None,
+    now_ms: int | None = None,
 ) -> Directory:
     """Verify a signed directory file against the pinned root public key, then validate it.
 
     ``min_serial``: the serial of the edition in use; an older edition is refused
-    (``DIRECTORY_ROLLBACK``); the same serial is accepted.
+    (``DIRECTORY_ROLLBACK``); the same serial is accepted. ``now_ms``: the verifier's clock;
+    an edition past its ``expires_at`` is refused (``DIRECTORY_EXPIRED``).
     """
     if len(root_public_key) != 32:
         raise ConfigError("the root public key must be 32 bytes")
@@ -663,9 +722,16 @@ def verify_directory(
             f"directory serial {serial} is older than {min_serial}",
             reason=Reason.DIRECTORY_ROLLBACK,
         )
+    if not signed.keys() >= _EDITION_MEMBERS or signed["expires_at"] is None:
+        _malformed("a signed edition names its validity end and its rules")
     directory = parse_directory(message)
     if directory.root_key_id != root_key_id:
         _malformed("root key ids differ")
+    if now_ms is not None and directory.expired(now_ms):
+        raise DirectoryError(
+            f"directory edition {directory.serial} expired at {format_utc(directory.valid_until)}",
+            reason=Reason.DIRECTORY_EXPIRED,
+        )
     return directory
 
 
@@ -695,15 +761,23 @@ def _updated(model: _M, **changes: Any) -> _M:
 
 
 def new_directory(
-    partnership: str, root_key_id: str, *, issued_at: datetime | None = None
+    partnership: str,
+    root_key_id: str,
+    *,
+    issued_at: datetime | None = None,
+    rules: str | None = None,
+    valid_for: timedelta = DEFAULT_VALIDITY,
 ) -> Directory:
-    """An empty directory at serial 0."""
+    """An empty directory at serial 0, with ``rules`` (default: the packaged rules)."""
+    issued = issued_at or utc_now()
     try:
         return Directory(
             partnership=partnership,
             serial=0,
-            issued_at=issued_at or utc_now(),
+            issued_at=issued,
+            expires_at=issued + valid_for,
             root_key_id=root_key_id,
+            rules=packaged_rules_text() if rules is None else rules,
         )
     except ValidationError as exc:
         raise _invalid(exc) from exc
@@ -779,8 +853,23 @@ def revoke_key(directory: Directory, partner_id: str, key_id: str) -> Directory:
     return _replace_partner(directory, _updated(partner, keys=keys))
 
 
-def bump_serial(directory: Directory, *, issued_at: datetime | None = None) -> Directory:
-    """The next edition: serial + 1 and a new ``issued_at`` (now by default)."""
+def bump_serial(
+    directory: Directory,
+    *,
+    issued_at: datetime | None = None,
+    valid_for: timedelta | None = None,
+) -> Directory:
+    """The next edition: serial + 1, a new ``issued_at`` (now by default) and a new validity
+    end ``valid_for`` after it (default: as long as the previous edition's validity)."""
     if directory.serial >= MAX_SERIAL:
         raise DirectoryError("serial exhausted", reason=Reason.DIRECTORY_MALFORMED)
-    return _updated(directory, serial=directory.serial + 1, issued_at=issued_at or utc_now())
+    issued = issued_at or utc_now()
+    period = valid_for if valid_for is not None else directory.valid_until - directory.issued_at
+    return _updated(
+        directory, serial=directory.serial + 1, issued_at=issued, expires_at=issued + period
+    )
+
+
+def with_rules(directory: Directory, rules: str) -> Directory:
+    """A new directory embedding the routing rules text ``rules`` (same serial: bump it)."""
+    return _updated(directory, rules=rules)

@@ -1,17 +1,22 @@
 """Routing rules: who is competent for an event, at which priority, with which deadline.
 
-The rules are a declarative TOML file (``broker_config/rules/partnership.toml``), validated
-with pydantic and versioned. The *same* code runs in two places: the sender's agent computes
-the recipients before sealing, and the gateway's router checks that the sealed recipients,
-priority and section audiences are exactly what the rules give for the header's routing
-metadata. Rules only read routing metadata (codes), never content.
+The rules are a declarative TOML text, validated with pydantic and versioned, signed by the
+root key inside the partnership's configuration edition (the directory's ``rules`` member,
+see :mod:`relais.broker_config.edition`; ``broker_config/rules/partnership.toml`` is what a
+new edition embeds by default). The *same* code and the *same* edition run in two places: the
+sender's agent computes the recipients before sealing, and the gateway's router checks that
+the sealed recipients, priority and section audiences are exactly what the rules give for
+the header's routing metadata. Rules only read routing metadata (codes), never content.
 
 A rule lists *selectors*: a partner kind, found either by territory (the first routing key
 among ``territory`` that the event carries, holding a département code) or by a partner id
 carried in a routing key (``partner_from``), optionally only ``when`` some routing keys
 hold some values. The sender is never a recipient of its own event. When no rule applies or
 no partner is found, the event goes to human triage (the partnership's ``coordination``
-desk), never to a broadcast.
+desk), never to a broadcast. Triage never lowers what the event's type demands: when its
+rule found nobody, the event keeps the rule's priority and deadline, and the rule's fallback
+recipients (or else the partnership's own triage desk) are released on escalation, as for
+any other event of that rule.
 
 Secrecy policy: for each secrecy class, the partner kinds entitled to read such sections.
 """
@@ -23,13 +28,12 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from relais.broker_config.directory import Directory, Partner
+from relais.broker_config.directory import Directory, Partner, packaged_rules_text
 from relais.schemas.domain import EVENT_TYPES, EventType, PartnerKind, Priority, SecrecyClass
 from relais.schemas.errors import Reason, RoutingError
 
@@ -150,7 +154,9 @@ class RuleSet(_Model):
             return self._triage(routing, sender, directory, f"no rule for {event_type}")
         recipients = _select(rule.recipients, routing, sender, directory)
         if not recipients:
-            return self._triage(routing, sender, directory, f"rule {rule.id} found nobody")
+            return self._triage(
+                routing, sender, directory, f"rule {rule.id} found nobody", rule=rule
+            )
         fallback = {
             pid: why
             for pid, why in _select(rule.fallback, routing, sender, directory).items()
@@ -171,23 +177,42 @@ class RuleSet(_Model):
         )
 
     def _triage(
-        self, routing: Mapping[str, str], sender: str, directory: Directory, why: str
+        self,
+        routing: Mapping[str, str],
+        sender: str,
+        directory: Directory,
+        why: str,
+        *,
+        rule: Rule | None = None,
     ) -> Decision:
         found: dict[str, str] = {}
-        for selector in self.triage:  # the first selector that finds someone
-            found = _select((selector,), routing, sender, directory)
+        later = list(self.triage)
+        while later:  # the first selector that finds someone
+            found = _select((later.pop(0),), routing, sender, directory)
             if found:
                 break
+        fallback: dict[str, str] = {}
+        if rule is not None and rule.deadline_seconds is not None:
+            # The type's deadline stands, so someone must be there to escalate to: the
+            # rule's fallback, or else the next triage desks (the partnership's own).
+            fallback = _select(rule.fallback, routing, sender, directory)
+            if not fallback.keys() - found.keys():
+                fallback = _select(tuple(later), routing, sender, directory)
+            fallback = {p: w for p, w in fallback.items() if p not in found}
         return Decision(
             rule_id=TRIAGE_RULE_ID,
             ruleset_version=self.version,
             recipients=tuple(sorted(found)),
-            fallback=(),
-            priority=Priority.URGENT,
-            deadline_seconds=None,
+            fallback=tuple(sorted(fallback)),
+            # Triage never lowers priority: the type's rule decides it and its deadline.
+            priority=Priority.URGENT if rule is None else _priority(rule, routing),
+            deadline_seconds=None if rule is None else rule.deadline_seconds,
             departement=_departement(routing),
             audiences={},  # triage never receives secret sections
-            reasons={pid: f"{reason} ({why})" for pid, reason in found.items()},
+            reasons={
+                **{pid: f"{reason} ({why})" for pid, reason in fallback.items()},
+                **{pid: f"{reason} ({why})" for pid, reason in found.items()},
+            },
             closes_case=False,
             sender_allowed=True,
         )
@@ -310,10 +335,8 @@ def load_rules(source: Path | str | bytes) -> RuleSet:
 
 
 def default_rules_text() -> str:
-    """The text of the packaged rules file of the partnership."""
-    return (resources.files("relais.broker_config") / "rules" / "partnership.toml").read_text(
-        "utf-8"
-    )
+    """The text of the packaged rules file of the partnership (what a new edition embeds)."""
+    return packaged_rules_text()
 
 
 @functools.cache

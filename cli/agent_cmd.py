@@ -5,6 +5,9 @@ until SIGTERM or SIGINT. Settings: :mod:`relais.agents.settings` (TOML, or JSON 
 ``.json`` file; ``RELAIS_AGENT_*`` variables override it). Without ``passphrase_file`` the
 key files' passphrase is asked on the terminal.
 
+``users add|disable|reset|list`` manages the people of the agent's web interface
+(:mod:`relais.cli.agent_users_cmd`).
+
 ``openapi`` prints the OpenAPI document of the local API; ``openapi --check FILE`` exits 1
 when FILE (the committed ``docs/openapi.json``) differs from it.
 
@@ -28,10 +31,13 @@ from relais.agents.logs import configure_logging
 from relais.agents.service import serve
 from relais.agents.settings import load_settings
 from relais.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, read_passphrase, reported_errors
+from relais.cli.agent_users_cmd import app as users_app
 
 __all__ = ["app", "render_openapi"]
 
 app = typer.Typer(no_args_is_help=True, help="A partner's agent: outbox, inbox, local API.")
+# ``relais agent users``: the people of the web interface (cli/agent_users_cmd.py).
+app.add_typer(users_app, name="users")
 
 
 @app.callback()

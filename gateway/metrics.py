@@ -24,6 +24,8 @@ __all__ = [
     "AUDIT_VERIFIED_SEQ",
     "AUDIT_VERIFIED_TIME",
     "BROKER_SYNC_ALWAYS",
+    "DIRECTORY_EXPIRES",
+    "DIRECTORY_SERIAL",
     "PARTNER_PENDING",
     "PARTNER_WAITING",
     "REGISTRY",
@@ -59,6 +61,16 @@ ROUTER_SECONDS: Final = Histogram(
     registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+DIRECTORY_SERIAL: Final = Gauge(
+    "relais_gateway_directory_serial",
+    "Configuration edition (directory serial) the gateway enforces.",
+    registry=REGISTRY,
+)
+DIRECTORY_EXPIRES: Final = Gauge(
+    "relais_gateway_directory_expires_seconds",
+    "Seconds until the configuration edition in force expires (negative: expired).",
+    registry=REGISTRY,
+)
 TRACKER_RECEIPTS: Final = Counter(
     "relais_tracker_receipts",
     "Receipt entries that changed the state of an (event, recipient), by state.",
@@ -81,7 +93,6 @@ AUDIT_CHECKPOINTS: Final = Counter(
     "Signed audit checkpoints published.",
     registry=REGISTRY,
 )
-
 
 # -- watch gauges (set by relais.gateway.keeper) -------------------------------------------------
 

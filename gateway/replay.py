@@ -9,7 +9,10 @@ which makes the check and the record one atomic step for every router sharing th
 * the subject was empty: this ingress message is the first with that event id;
 * it holds the *same* ingress sequence: a redelivery of the same message (a router crashed
   after recording it), not a replay;
-* it holds another sequence: a replay (``REPLAY``).
+* it holds another sequence: a replay (``REPLAY``), unless the router recognises the
+  sender's re-sealing of that event under a newer configuration edition (the holder's note,
+  :meth:`SeenStore.claim_noted`, names its edition, sender and recipients), which it
+  claims in turn as ``<event id>-e<edition>``.
 
 ``SEEN`` forgets an id after its ``max_age``; the router refuses events older than its
 maximum age (``STALE``) and from further in the future than its skew (``FROM_FUTURE``), so
@@ -19,17 +22,27 @@ maximum age (``STALE``) and from further in the future than its skew (``FROM_FUT
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Final
 
 from relais.broker_config.connection import Connection
 from relais.gateway.jetstream import ERR_WRONG_LAST_SEQUENCE, last_for_subject, publish
 from relais.schemas.errors import ConfigError, TransportError
 
-__all__ = ["SEEN_STREAM", "SeenStore"]
+__all__ = ["SEEN_STREAM", "Claim", "SeenStore"]
 
 SEEN_STREAM: Final = "SEEN"
 _SUBJECT_PREFIX: Final = "ref.seen."
 _ATTEMPTS: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who holds a key of the replay store: ``held`` when it is the claiming message."""
+
+    held: bool
+    seq: int | None  # the ingress sequence holding it
+    note: str = ""  # what the holder recorded with it (the router: edition, sender, recipients)
 
 
 class SeenStore:
@@ -53,8 +66,13 @@ class SeenStore:
 
     async def claim(self, event_id: uuid.UUID, ingress_seq: int) -> bool:
         """Record ``event_id`` as carried by ``ingress_seq``; ``False`` when it is a replay."""
-        subject = f"{_SUBJECT_PREFIX}{event_id}"
-        mine = str(ingress_seq).encode()
+        return (await self.claim_noted(str(event_id), ingress_seq)).held
+
+    async def claim_noted(self, key: str, ingress_seq: int, note: str = "") -> Claim:
+        """:meth:`claim` for any one-token key (an event id, or ``<event id>-e<edition>``),
+        recording ``note`` with it; the answer says who holds the key and what it noted."""
+        subject = f"{_SUBJECT_PREFIX}{key}"
+        mine = f"{ingress_seq} {note}".rstrip().encode()
         for _ in range(_ATTEMPTS):
             result = await publish(
                 self._conn,
@@ -64,9 +82,12 @@ class SeenStore:
                 expected_errors=frozenset({ERR_WRONG_LAST_SEQUENCE}),
             )
             if result.stored:
-                return True
+                return Claim(True, ingress_seq, note)
             held = await last_for_subject(self._conn, SEEN_STREAM, subject)
             if held is not None:
-                return held.data == mine
+                # The same ingress sequence is a redelivery of the same message, not a replay.
+                seq, _, noted = held.data.decode("utf-8", "replace").partition(" ")
+                holder = int(seq) if seq.isdigit() else None
+                return Claim(holder == ingress_seq, holder, noted)
             # The entry expired between the two calls: try again.
-        raise TransportError(f"replay store: no stable answer for {event_id}")
+        raise TransportError(f"replay store: no stable answer for {key}")

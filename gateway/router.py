@@ -6,23 +6,36 @@ or :class:`Quarantined`), never an exception:
 
 1. the authenticated sender is the ``<id>`` of the subject ``ref.in.<id>`` (NATS lets a
    partner publish only there);
-2. :func:`~relais.schemas.envelope.verify_envelope` against the current directory
-   (framing, schema, times, the sender's key, signature, digests): its reason code;
+2. :func:`~relais.schemas.envelope.verify_envelope` against the directory of the edition
+   in force (framing, schema, times, the sender's key, signature, digests): its reason
+   code; a revoked sender is refused at once, whatever edition it sealed under;
 3. the signer is that sender (``SIGNER_NOT_INGRESS_IDENTITY``);
 4. not older than the maximum age (``STALE``; the future is ``FROM_FUTURE`` in step 2);
 5. the rules, on the header's routing metadata: sender kind allowed
    (``SENDER_NOT_ALLOWED``), recipients and fallback exactly the rules' and sealed to keys
    the directory lists as valid (``RECIPIENTS_NOT_RULES``), priority
    (``PRIORITY_NOT_RULES``), département (``DEPARTEMENT_NOT_RULES``), each secret section's
-   audience within the entitled partners (``AUDIENCE_NOT_ENTITLED``);
+   audience within the entitled partners (``AUDIENCE_NOT_ENTITLED``). An envelope that does
+   not fit the edition in force but names (header ``edition``) an earlier edition replaced
+   less than ``RouterConfig.grace_ms`` ago, and fits that one exactly, is routed all the
+   same (:class:`~relais.gateway.policy.Editions`) to the recipients it was sealed for that
+   the edition in force still names with a valid key; when the edition in force names
+   others too, the sender gets a signed rejection ``EDITION_CHANGED`` (not a quarantine)
+   and its agent re-seals. An envelope naming a *newer* edition than the router's is
+   retried ``ahead_retries`` times (another router or gateway may be ahead) first;
 6. replay: the event id is claimed in the shared replay store
    (:class:`~relais.gateway.replay.SeenStore`); a redelivery of the same ingress message is
-   not a replay, another ingress message with the same id is (``REPLAY``).
+   not a replay, another ingress message with the same id is (``REPLAY``), unless it is
+   the same sender's re-sealing of it under a newer edition than the envelope that holds
+   the id (read back from ``INGRESS``): then it is claimed as ``<event id>-e<edition>``
+   and goes only to the recipients the first envelope did not reach.
 
 Routed: one copy per recipient on ``ref.out.<r>.<PRIORITY>`` (``Nats-Msg-Id:
 <event id>:<r>``; fallback recipients get nothing now: the tracker releases the envelope
 to them if the deadline passes), then the ``ROUTED`` audit record
-(``<event id>:routed``), then the ack. Quarantined: the original bytes on
+(``<event id>:routed``, ``<event id>:routed:e<edition>`` for a re-sealing; it names the
+``edition`` and ``rules_version`` the sender sealed under and the ``edition_in_force``),
+then the ack. Quarantined: the original bytes on
 ``ref.quar.<REASON>``, the ``QUARANTINED`` audit record, a rejection signed by the gateway
 for the authenticated sender (``URGENT``), then the ack (all keyed by the ingress
 sequence). Every step is idempotent, so a router killed at any point leaves a message that
@@ -46,37 +59,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from nats.aio.msg import Msg
 
 from relais.broker_config.connection import Connection
-from relais.broker_config.rules import Decision
+from relais.gateway.admission import Admitted, Refused, RouterConfig, admit, routed_record
 from relais.gateway.audit import RECORD_SUBJECT, AuditKind, append_record, encode_record
 from relais.gateway.delivery import copy_message, publish_statement, statement_id
 from relais.gateway.jetstream import Outgoing, publish, publish_many
 from relais.gateway.metrics import ROUTER_EVENTS, ROUTER_SECONDS
-from relais.gateway.policy import Policy
-from relais.gateway.replay import SeenStore
+from relais.gateway.policy import Editions, Policy
+from relais.gateway.replay import Claim, SeenStore
 from relais.schemas.domain import PARTNER_ID_RE, EventType, Priority
 from relais.schemas.envelope import (
-    DEFAULT_SKEW_MS,
     EnvelopeHeader,
     LocalIdentity,
-    RecipientRef,
-    VerifiedEnvelope,
     peek_header,
-    verify_envelope,
 )
 from relais.schemas.errors import EnvelopeError, Reason, RelaisError
-from relais.schemas.registry import MAIN_SECTION
 from relais.schemas.statements import sign_statement
 
 __all__ = [
@@ -103,41 +110,6 @@ _log = structlog.get_logger(__name__)
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class RouterConfig:
-    """Tunables of a router (from the gateway settings)."""
-
-    max_age_ms: int = 7 * _DAY_MS
-    skew_ms: int = DEFAULT_SKEW_MS
-    batch: int = 100
-    fetch_expires: float = 0.5
-    retry_delay: float = 2.0
-    pipeline: int = 2  # pulled batches in hand at once
-    # from how many messages a step goes as an atomic batch (None: jetstream's default)
-    atomic_min: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """An envelope that passed every check but replay, and the rules' decision for it."""
-
-    envelope: VerifiedEnvelope
-    decision: Decision
-
-    @property
-    def rule(self) -> str:
-        """``<rule id>@<rules version>``."""
-        return f"{self.decision.rule_id}@{self.decision.ruleset_version}"
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """Why an envelope is refused; ``header`` when it was verified (authentic ids)."""
-
-    reason: Reason
-    header: EnvelopeHeader | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,77 +146,18 @@ def ingress_identity(subject: str) -> str | None:
     return None
 
 
-def _keys_listed(refs: tuple[RecipientRef, ...], policy: Policy, at_ms: int) -> bool:
-    """Every recipient was sealed to a key the directory lists as valid at ``at_ms``."""
-    for ref in refs:
-        partner = policy.directory.get(ref.partner_id)
-        key = partner.key(ref.key_id) if partner is not None else None
-        if key is None or not key.valid_at(at_ms):
-            return False
-    return True
+def _note(job: _Job) -> str:
+    """What the replay store keeps with an event id: edition, sender, who it went to."""
+    assert job.admitted is not None
+    return f"e{job.header.edition} {job.sender} {','.join(job.admitted.deliver_to)}"
 
 
-def _against_rules(h: EnvelopeHeader, decision: Decision, policy: Policy) -> Reason | None:
-    if not decision.sender_allowed:
-        return Reason.SENDER_NOT_ALLOWED
-    if h.recipient_ids != decision.recipients or h.fallback_ids != decision.fallback:
-        return Reason.RECIPIENTS_NOT_RULES
-    if not _keys_listed((*h.recipients, *h.fallback), policy, h.created_at_ms):
-        return Reason.RECIPIENTS_NOT_RULES
-    if h.priority is not decision.priority:
-        return Reason.PRIORITY_NOT_RULES
-    if h.departement != decision.departement:
-        return Reason.DEPARTEMENT_NOT_RULES
-    for section in h.sections:
-        entitled = decision.audiences.get(section.name, ())
-        if section.name != MAIN_SECTION and not set(section.audience) <= set(entitled):
-            return Reason.AUDIENCE_NOT_ENTITLED
-    return None
-
-
-def admit(
-    data: bytes, *, sender: str, policy: Policy, now_ms: int, config: RouterConfig
-) -> Admitted | Refused:
-    """Every check of an ingress message but replay (pure: no I/O). See the module docstring."""
-    try:
-        env = verify_envelope(data, keys=policy.keys, now_ms=now_ms, skew_ms=config.skew_ms)
-    except EnvelopeError as exc:
-        return Refused(exc.reason)
-    h = env.header
-    if h.sender != sender:
-        return Refused(Reason.SIGNER_NOT_INGRESS_IDENTITY, h)
-    if h.created_at_ms < now_ms - config.max_age_ms:
-        return Refused(Reason.STALE, h)
-    decision = policy.rules.decide(
-        h.event_type, h.routing, sender=sender, directory=policy.directory
-    )
-    reason = _against_rules(h, decision, policy)
-    if reason is not None:
-        return Refused(reason, h)
-    return Admitted(env, decision)
-
-
-def _routed_record(data: bytes, admitted: Admitted, seq: int, now: int) -> dict[str, Any]:
-    """The ROUTED audit record: ids, codes, times, and where the original envelope is."""
-    h, decision = admitted.envelope.header, admitted.decision
-    deadline = decision.deadline_seconds
-    return {
-        "event_id": str(h.event_id),
-        "event_type": h.event_type.value,
-        "sender": h.sender,
-        "recipients": list(h.recipient_ids),
-        "fallback": list(h.fallback_ids),
-        "rule": admitted.rule,
-        "priority": h.priority.label,
-        "departement": h.departement,
-        "routing": dict(h.routing),
-        "closes_case": decision.closes_case,
-        "ingress_seq": seq,
-        "digest": hashlib.sha256(data).hexdigest(),
-        "created_at": h.created_at_ms,
-        "at": now,
-        "deadline_at": now + deadline * 1000 if deadline is not None else None,
-    }
+def _parse_note(note: str) -> tuple[int, str, frozenset[str]]:
+    """``(edition, sender, recipients)`` of a note (``(-1, "", {})`` for an older entry)."""
+    parts = note.split(" ")
+    if len(parts) != 3 or not parts[0].startswith("e") or not parts[0][1:].isdigit():
+        return -1, "", frozenset()
+    return int(parts[0][1:]), parts[1], frozenset(p for p in parts[2].split(",") if p)
 
 
 def _peek(data: bytes) -> EnvelopeHeader | None:
@@ -291,7 +204,8 @@ class _Job:
 
     @property
     def recipients(self) -> tuple[str, ...]:
-        return self.header.recipient_ids
+        assert self.admitted is not None
+        return self.admitted.deliver_to
 
 
 class Router:
@@ -307,11 +221,22 @@ class Router:
         clock: Callable[[], int] = _now_ms,
     ) -> None:
         self._conn = conn
-        self.policy = policy  # replaced as a whole when a new directory edition is loaded
         self._signer = signer
         self._config = config or RouterConfig()
         self._clock = clock
+        self._editions = Editions(policy, grace_ms=self._config.grace_ms)
         self._seen = SeenStore(conn)
+
+    @property
+    def policy(self) -> Policy:
+        """The edition in force."""
+        return self._editions.current
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        # Replaced as a whole when a new edition is loaded; the one it replaces is honoured
+        # for the grace period.
+        self._editions.replace(policy, self._clock())
 
     async def check_replay_window(self) -> None:
         """Refuse to start when the replay store forgets ids before the router would."""
@@ -391,9 +316,19 @@ class Router:
             return
         job.sender = sender
         checked = admit(
-            job.msg.data, sender=sender, policy=self.policy, now_ms=now, config=self._config
+            job.msg.data,
+            sender=sender,
+            policy=self.policy,
+            now_ms=now,
+            config=self._config,
+            editions=self._editions,
         )
         if isinstance(checked, Refused):
+            if checked.ahead and job.msg.metadata.num_delivered <= self._config.ahead_retries:
+                # Another router (or gateway) is on a newer edition: let it, or us once
+                # reloaded, judge it rather than refuse it now.
+                job.error = RelaisError("edition ahead of this router", reason=checked.reason)
+                return
             job.refused = checked
         else:
             job.admitted = checked
@@ -403,21 +338,51 @@ class Router:
         if not jobs:
             return
         claims = await asyncio.gather(
-            *(self._seen.claim(j.header.event_id, j.seq) for j in jobs), return_exceptions=True
+            *(self._seen.claim_noted(str(j.header.event_id), j.seq, _note(j)) for j in jobs),
+            return_exceptions=True,
         )
         claimed: list[_Job] = []
         replays: list[_Job] = []
         for job, claim in zip(jobs, claims, strict=True):
             if isinstance(claim, BaseException):
                 job.error = _exception(claim)
-            elif claim:
+            elif claim.held:
                 claimed.append(job)
             else:
-                job.refused, job.admitted = Refused(Reason.REPLAY, job.header), None
-                replays.append(job)
+                try:
+                    resealed = await self._resealed(job, claim)
+                except Exception as exc:  # noqa: BLE001 - never drop a message: retry it
+                    job.error = exc
+                    continue
+                if resealed:
+                    claimed.append(job)
+                else:
+                    job.refused, job.admitted = Refused(Reason.REPLAY, job.header), None
+                    replays.append(job)
         await asyncio.gather(
             self._deliver(claimed, now), *(self._quarantine_job(j, now) for j in replays)
         )
+
+    async def _resealed(self, job: _Job, first: Claim) -> bool:
+        """Is this the sender's re-sealing, under a newer edition, of an envelope already
+        routed? If so (and claimed as such now), it goes to those the first did not reach."""
+        h, admitted = job.header, job.admitted
+        edition, sender, reached = _parse_note(first.note)
+        if admitted is None or first.seq is None or sender != h.sender or h.edition <= edition:
+            return False
+        again = await self._seen.claim_noted(f"{h.event_id}-e{h.edition}", job.seq, _note(job))
+        if not again.held:
+            return False  # a replay of the re-sealing itself
+        job.admitted = Admitted(
+            admitted.envelope,
+            admitted.decision,
+            tuple(p for p in admitted.deliver_to if p not in reached),
+            admitted.fallback,
+            admitted.missing,
+            edition=admitted.edition,
+            resealed_from=first.seq,
+        )
+        return True
 
     async def _deliver(self, jobs: list[_Job], now: int) -> None:
         copies = [(job, self._copy(job, partner)) for job in jobs for partner in job.recipients]
@@ -425,6 +390,14 @@ class Router:
         records = [(job, self._routed_message(job, now)) for job in jobs if job.error is None]
         await self._publish_step(records)
         for job in jobs:
+            if job.error is None and job.admitted is not None and job.admitted.missing:
+                # Delivered to those it was sealed for; the sender re-seals for the others.
+                try:
+                    await self._reject(
+                        job.sender, job.seq, job.header.event_id, Reason.EDITION_CHANGED, now
+                    )
+                except Exception as exc:  # noqa: BLE001 - retried: every step is idempotent
+                    job.error = exc
             if job.error is None:
                 job.outcome = self._routed(job)
 
@@ -452,11 +425,13 @@ class Router:
     @staticmethod
     def _routed_message(job: _Job, now: int) -> Outgoing:
         assert job.admitted is not None
-        record = _routed_record(job.msg.data, job.admitted, job.seq, now)
+        record = routed_record(job.msg.data, job.admitted, job.seq, now)
+        resealed = job.admitted.resealed_from is not None
+        suffix = f":e{job.header.edition}" if resealed else ""
         return Outgoing(
             RECORD_SUBJECT,
             encode_record(AuditKind.ROUTED, record),
-            msg_id=f"{job.header.event_id}:routed",
+            msg_id=f"{job.header.event_id}:routed{suffix}",
         )
 
     @staticmethod
@@ -467,8 +442,8 @@ class Router:
             event_type=h.event_type,
             rule=job.rule,
             priority=h.priority,
-            recipients=h.recipient_ids,
-            fallback=h.fallback_ids,
+            recipients=job.recipients,
+            fallback=job.admitted.fallback if job.admitted is not None else h.fallback_ids,
             ingress_seq=job.seq,
         )
 

@@ -42,7 +42,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -53,7 +53,7 @@ from nats.aio.msg import Msg
 from relais.broker_config.connection import Connection
 from relais.gateway.audit import AuditKind, append_record, decode_record
 from relais.gateway.delivery import publish_copy, publish_statement, statement_id
-from relais.gateway.jetstream import get_message
+from relais.gateway.jetstream import StoredMessage, get_message
 from relais.gateway.metrics import TRACKER_CLOSED, TRACKER_ESCALATIONS, TRACKER_RECEIPTS
 from relais.gateway.policy import Policy
 from relais.gateway.progress import ProgressNotifier
@@ -83,6 +83,32 @@ _log = structlog.get_logger(__name__)
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _stored_ms(msg: Msg) -> int | None:
+    """When the stream stored ``msg`` (Unix ms, from its ack subject); ``None``: unknown."""
+    try:
+        return int(msg.metadata.timestamp.timestamp() * 1000)
+    except (ValueError, IndexError, AttributeError):
+        return None
+
+
+def _stream_seq(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (ValueError, AttributeError):
+        return 0
+
+
+def _header_ms(headers: Mapping[str, str]) -> int | None:
+    """When the stream stored a message read by direct get (``Nats-Time-Stamp``)."""
+    stamp = headers.get("Nats-Time-Stamp", "")
+    try:
+        seconds, _, fraction = stamp.rstrip("Z").partition(".")
+        moment = datetime.fromisoformat(seconds).replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000) + int((fraction + "000")[:3] or 0)
+    except ValueError:
+        return None
 
 
 def _ms(moment: datetime) -> int:
@@ -139,6 +165,14 @@ class Tracker:
         self._config = config or TrackerConfig()
         self._clock = clock
         self._lock = asyncio.Lock()  # one unit of work on the store at a time
+        # Set by gateway.active while this tracker is a standby: it learns what the active
+        # one recorded, sends nothing and writes nothing (no steps, no audit records).
+        self.silent = False
+        # Fencing (gateway.active): escalate only while this returns True.
+        self.may_act: Callable[[], bool] = lambda: True
+        # Called before each escalation pass: receipts stored but not yet delivered to the
+        # tracker's consumer are applied first (gateway.active drains them).
+        self.before_escalation: Callable[[], Awaitable[None]] | None = None
         self.progress = ProgressNotifier(
             conn,
             store,
@@ -180,6 +214,8 @@ class Tracker:
     async def _watch_deadlines(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
+                if self.before_escalation is not None:
+                    await self.before_escalation()
                 await self.escalate_due()
             except Exception as exc:  # noqa: BLE001 - still open: retried at the next tick
                 _log.error("tracker.escalation_failed", reason=_reason(exc))
@@ -192,12 +228,23 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - the steps stay stored: sent at the next tick
             _log.warning("tracker.progress_failed", reason=_reason(exc))
 
-    async def _commit(self, msgs: list[Msg], work: Callable[[], list[Change]]) -> None:
-        """Run ``work`` in one transaction, audit its changes, commit, then ack ``msgs``."""
+    async def _commit(
+        self,
+        msgs: list[Msg],
+        work: Callable[[], list[Change]],
+        *,
+        applied: tuple[str, int] | None = None,
+    ) -> None:
+        """Run ``work`` in one transaction, audit its changes, commit, then ack ``msgs``.
+
+        ``applied``: ``(stream, seq)`` recorded in the same transaction (the store's cursor).
+        """
         async with self._lock:
             try:
                 with self._store.transaction():
                     changes = work()
+                    if applied is not None:
+                        self._store.set_applied(*applied)
                     await asyncio.gather(
                         *(
                             append_record(self._conn, c.kind, c.fields, msg_id=c.msg_id)
@@ -236,12 +283,41 @@ class Tracker:
                 changes.extend(self._learn(record))
             return changes
 
-        await self._commit(msgs, work)
+        last = max((_stream_seq(m) for m in msgs), default=0)
+        await self._commit(msgs, work, applied=(_AUDIT_STREAM, last) if last else None)
+
+    async def learn_stored(self, msgs: Sequence[StoredMessage]) -> None:
+        """Learn audit records read from the stream itself (a standby, or a rebuild).
+
+        Silent: what they record was done and recorded by the tracker that wrote them.
+        """
+        records = []
+        for msg in msgs:
+            if msg.subject == "ref.audit.rec":
+                try:
+                    records.append(decode_record(msg.data))
+                except EnvelopeError:
+                    _log.error("tracker.audit_record_malformed", seq=msg.seq)
+        silent, self.silent = self.silent, True
+        try:
+            last = max((m.seq for m in msgs), default=0)
+
+            def work() -> list[Change]:
+                for record in records:
+                    self._learn(record)
+                return []
+
+            await self._commit([], work, applied=(_AUDIT_STREAM, last) if last else None)
+        finally:
+            self.silent = silent
 
     def _learn(self, record: dict[str, Any]) -> list[Change]:
         kind = record["kind"]
         if kind == AuditKind.ROUTED:
             return self._routed(record)
+        if kind == AuditKind.RECEIPT:
+            self._recorded_receipt(record)
+            return []
         event_id = record.get("event_id")
         if kind in (AuditKind.ESCALATED, AuditKind.CLOSED) and event_id:
             state = EventState.ESCALATED if kind == AuditKind.ESCALATED else EventState.CLOSED
@@ -253,13 +329,44 @@ class Tracker:
                     for fallback in event.fallback:
                         self._store.add_party(event.event_id, fallback, "fallback", at)
                     overdue = [str(p) for p in record.get("overdue") or ()]
-                    self.progress.escalated(event, overdue, bool(record.get("released")), at)
+                    if not self.silent:
+                        self.progress.escalated(event, overdue, bool(record.get("released")), at)
         return []
+
+    def _recorded_receipt(self, record: dict[str, Any]) -> None:
+        """A state change some tracker recorded (``RECEIPT``): the same change, silently."""
+        try:
+            event_id = uuid.UUID(str(record["event_id"]))
+            state = PartyState(record["state"])
+            partner, at = str(record["partner"]), int(record["receipt_at"])
+        except (KeyError, ValueError, TypeError):
+            return
+        event = self._store.event(event_id)
+        if event is None:
+            return
+        role = "fallback" if partner in event.fallback else "recipient"
+        self._store.add_party(event_id, partner, role, at)
+        self._store.advance(
+            event_id, partner, state, record.get("decline_reason"), at, record.get("outcome")
+        )
+        if state in (PartyState.TAKEN_IN_CHARGE, PartyState.CONCLUDED):
+            if event.state is EventState.OPEN:
+                self._store.set_state(event_id, EventState.TAKEN, int(record.get("at") or at))
 
     def _routed(self, record: dict[str, Any]) -> list[Change]:
         if not self._store.add_event(record):
+            if record.get("resealed_from") is not None:
+                # The sender's re-sealing under a newer edition: its added recipients are
+                # followed like the first ones.
+                event_id, at = uuid.UUID(record["event_id"]), int(record["at"])
+                for partner in record["recipients"]:
+                    self._store.add_party(event_id, partner, "recipient", at)
             return []
         event_id = uuid.UUID(record["event_id"])
+        if self.silent:
+            # What the active tracker did with it (receipts kept for it, a closure) is in
+            # its own records; the parked entries wait for a takeover (apply_parked).
+            return []
         event = self._store.event(event_id)
         if event is not None:  # just added
             for partner in record["recipients"]:
@@ -334,12 +441,12 @@ class Tracker:
         """Verify receipt statements and move (event, recipient) states forward."""
         accepted: list[_Receipt] = []
         for msg in msgs:
-            receipt = self._verify_receipt(msg)
-            if receipt is None:
+            verified = self._verify_receipt(msg.subject, msg.data, _stored_ms(msg))
+            if verified is None:
                 with contextlib.suppress(RelaisError):
                     await self._conn.term(msg)  # stays in RECEIPTS; never retried
             else:
-                accepted.append(receipt)
+                accepted.append(_Receipt(msg, *verified))
 
         def work() -> list[Change]:
             """Apply every entry of every accepted receipt."""
@@ -351,14 +458,66 @@ class Tracker:
                         changes.append(change)
             return changes
 
-        await self._commit([r.msg for r in accepted], work)
+        last = max((_stream_seq(r.msg) for r in accepted), default=0)
+        applied = (_RECEIPTS_STREAM, last) if last else None
+        await self._commit([r.msg for r in accepted], work, applied=applied)
 
-    def _verify_receipt(self, msg: Msg) -> _Receipt | None:
-        parts = msg.subject.split(".")
+    async def receipts_stored(self, msgs: Sequence[StoredMessage], *, park: bool) -> None:
+        """Receipts read from the stream itself: applied (the active tracker), or kept for a
+        takeover (``park``: a standby, which records nothing)."""
+        verified = [
+            v
+            for m in msgs
+            if (v := self._verify_receipt(m.subject, m.data, _header_ms(m.headers))) is not None
+        ]
+
+        def work() -> list[Change]:
+            changes: list[Change] = []
+            for _, entries in verified:
+                for event_id, entry in entries:
+                    if park:
+                        self._store.park_receipt(event_id, entry)
+                    elif (change := self._apply(event_id, entry)) is not None:
+                        changes.append(change)
+            return changes
+
+        last = max((m.seq for m in msgs), default=0)
+        await self._commit([], work, applied=(_RECEIPTS_STREAM, last) if last else None)
+
+    async def apply_parked(self) -> int:
+        """Apply every kept receipt entry whose event is known now (a takeover); how many."""
+
+        def work() -> list[Change]:
+            changes: list[Change] = []
+            for event_id in self._store.early_events():
+                if self._store.event(event_id) is None:
+                    continue
+                for entry in self._store.take_early(event_id):
+                    if (change := self._apply(event_id, entry)) is not None:
+                        changes.append(change)
+            return changes
+
+        applied: list[int] = []
+
+        def counted() -> list[Change]:
+            changes = work()
+            applied.append(len(changes))
+            return changes
+
+        await self._commit([], counted)
+        return sum(applied)
+
+    def _verify_receipt(
+        self, subject: str, data: bytes, stored_ms: int | None
+    ) -> tuple[str, tuple[tuple[uuid.UUID, EarlyReceipt], ...]] | None:
+        parts = subject.split(".")
         partner = parts[2] if len(parts) == 3 and PARTNER_ID_RE.fullmatch(parts[2]) else ""
         try:
             statement = verify_statement(
-                msg.data, keys=self.policy.keys, expected=EventType.RECEIPT
+                data,
+                keys=self.policy.keys,
+                expected=EventType.RECEIPT,
+                now_ms=stored_ms,  # key validity when the broker received it
             )
             reason = None
             if not (statement.signer == partner == statement.record["recipient"]):
@@ -383,7 +542,7 @@ class Tracker:
             )
             for e in statement.record["entries"]
         )
-        return _Receipt(msg, statement.signer, entries)
+        return statement.signer, entries
 
     def _apply(self, event_id: uuid.UUID, entry: EarlyReceipt) -> Change | None:
         event = self._store.event(event_id)
@@ -432,6 +591,8 @@ class Tracker:
             due = self._store.due(self._clock())
         done = []
         for event in due:
+            if not self.may_act():
+                break  # no longer the active tracker: the new one escalates
             async with self._lock:
                 current = self._store.event(event.event_id)
                 if current is None or current.state is not EventState.OPEN:

@@ -26,7 +26,14 @@ from relais.schemas.errors import EnvelopeError, Reason
 from relais.schemas.registry import MAIN_SECTION, SchemaRegistry, default_registry
 from relais.schemas.wire import Reader, Writer
 
-__all__ = ["KINDS", "MAX_STATEMENT_BYTES", "Statement", "sign_statement", "verify_statement"]
+__all__ = [
+    "KINDS",
+    "MAX_STATEMENT_BYTES",
+    "Statement",
+    "key_judged_at",
+    "sign_statement",
+    "verify_statement",
+]
 
 MAX_STATEMENT_BYTES = 64 * 1024
 
@@ -83,6 +90,17 @@ def sign_statement(
     return message + _crypto.sign(signer.sign_sk, KINDS[kind][1], message)
 
 
+def key_judged_at(created_ms: int, received_ms: int, skew_ms: int = DEFAULT_SKEW_MS) -> int:
+    """When a signer's key must have been valid: the verifier's receive time, within skew.
+
+    A signer chooses ``created_ms``; the verifier does not trust it beyond the skew window,
+    so a key past its ``not_after`` (or revoked) cannot go on signing by backdating: the key
+    must be valid at ``received_ms - skew_ms`` at the earliest, and at ``created_ms`` when
+    that is later (a statement signed just before the key's end, received just after).
+    """
+    return max(created_ms, received_ms - skew_ms)
+
+
 def verify_statement(
     data: bytes,
     *,
@@ -93,6 +111,10 @@ def verify_statement(
     skew_ms: int = DEFAULT_SKEW_MS,
 ) -> Statement:
     """Check framing, kind, partnership, schema, signer key and signature, then the body.
+
+    ``now_ms`` is the time the verifier received the statement (default: now; for a
+    statement read back from a stream, the time the broker stored it): the signer's key
+    must be valid then, within ``skew_ms`` (:func:`key_judged_at`).
 
     Every failure is an :class:`EnvelopeError` with its reason (``docs/protocol.md`` §5).
     """
@@ -128,7 +150,7 @@ def verify_statement(
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     if created > now + skew_ms:
         raise EnvelopeError(Reason.FROM_FUTURE)
-    public_key = keys.signing_key(signer, key_id, created)
+    public_key = keys.signing_key(signer, key_id, key_judged_at(created, now, skew_ms))
     _crypto.verify(public_key, context, data[:signed_end], signature)
     record = schema.decode_section(MAIN_SECTION, body)
     return Statement(
