@@ -51,8 +51,8 @@ class Admitted:
 
     ``deliver_to`` / ``fallback``: who gets it now / on escalation (the header's, or under
     grace those of them the edition in force still names); ``missing``: recipients the
-    edition in force adds, for whom the sender must re-seal; ``edition``: the edition it
-    was judged under.
+    edition in force adds, for whom the sender must re-seal; ``edition``: the edition in
+    force when it was routed (the header names the one it was sealed under).
     """
 
     envelope: VerifiedEnvelope
@@ -143,7 +143,7 @@ def _under_grace(
     )
     missing = tuple(p for p in (*current.recipients, *current.fallback) if p not in deliver)
     missing = tuple(p for p in missing if p not in fallback)
-    return Admitted(env, then, deliver, fallback, missing, edition=earlier.serial)
+    return Admitted(env, then, deliver, fallback, missing, edition=policy.serial)
 
 
 def routed_record(data: bytes, admitted: Admitted, seq: int, now: int) -> dict[str, Any]:

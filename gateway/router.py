@@ -531,7 +531,8 @@ class Router:
         }
         await append_record(self._conn, AuditKind.QUARANTINED, record, msg_id=f"quar:{seq}")
         event_id = ids.event_id if ids is not None else NIL_EVENT_ID
-        if sender:
+        partner = self.policy.directory.get(sender) if sender else None
+        if sender and (partner is None or not partner.revoked):  # revoked: nothing more
             await self._reject(sender, seq, event_id, refused.reason, now)
         return Quarantined(refused.reason, seq, ids.event_id if ids else None, verified)
 

@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from relais.agents.directory_watch import DirectoryWatch
 from relais.agents.keys import PartnerKeys, write_atomic, write_key_file
 from relais.agents.runtime import Agent
 from relais.agents.territory import DEMO_PARTNERS, build_territory
 from relais.broker_config.directory import (
     Directory,
+    Partner,
     add_key,
     add_partner,
     bump_serial,
@@ -33,13 +35,17 @@ from relais.broker_config.directory import (
     utc_now,
     with_rules,
 )
-from relais.gateway.audit import decode_record
+from relais.broker_config.edition import ExpiryState, expiry_state, verify_edition
+from relais.broker_config.rules import default_rules_text, load_rules, with_deadline
+from relais.gateway.audit import Checkpoint, decode_record, open_checkpoint, sign_checkpoint
 from relais.gateway.policy import Policy
 from relais.gateway.service import publish_directory
-from relais.schemas.domain import EventType
-from relais.schemas.errors import DirectoryError, EnvelopeError
+from relais.gateway.tracker import TrackerConfig
+from relais.schemas.domain import EventType, Priority
+from relais.schemas.errors import DirectoryError, EnvelopeError, Reason
 from relais.schemas.registry import default_registry
 from relais.schemas.samples import sample_event
+from relais.schemas.statements import sign_statement, verify_statement
 
 GEND, POLICE, HOSPITAL, HOTEL = (
     "gend-93-bobigny",
@@ -335,3 +341,176 @@ async def _check_outcome(
     assert len(honest) >= RATE * DURATION * 0.8
     assert resealed > 0  # the changes did hit events in flight
     assert grace > 0
+
+
+# -- revocation, triage, expiry, backdating --------------------------------------------------
+
+
+async def test_a_revoked_partner_is_refused_and_receives_nothing_more(
+    agent_kit: Any, gateway_runner: Any, territory_directory: Any
+) -> None:
+    territory = build_territory(DEMO_PARTNERS)
+    kit = await agent_kit(territory)
+    run = await gateway_runner(kit.broker, territory)
+    # Sealed under the edition in force (the street outreach team is a recipient), published
+    # once the edition revoking that team is in force: within the grace, not to the team.
+    alert = kit.seal(EventType.RUNAWAY_ALERT, sample_event(EventType.RUNAWAY_ALERT), sender=GEND)
+    own = kit.seal(
+        EventType.DANGER_DECLARATION, sample_event(EventType.DANGER_DECLARATION), sender=MARAUDE
+    )
+    world = Partnership(kit, run, territory_directory, territory)
+    await world.publish(revoke_partner(territory.directory, MARAUDE))
+    gend = await kit.broker.partner(GEND)
+    try:
+        await gend.js_publish(f"ref.in.{GEND}", alert, msg_id="alert")
+    finally:
+        await gend.close()
+    # The revoked team's own event, published before its credential went: refused.
+    admin = await kit.broker.gateway()
+    try:
+        await admin.js_publish(f"ref.in.{MARAUDE}", own, msg_id="own")
+    finally:
+        await admin.close()
+
+    async def outcome() -> Any:
+        routed, quarantined = await _routed_records(kit)
+        return (routed, quarantined) if routed and quarantined else None
+
+    routed, quarantined = await kit.until(outcome, what="routed and quarantined")
+    (record,) = next(iter(routed.values()))
+    assert MARAUDE not in record["recipients"]
+    assert CRIP in record["recipients"]
+    assert record["edition"] < record["edition_in_force"]
+    assert [(q["sender"], q["reason"]) for q in quarantined] == [
+        (MARAUDE, Reason.REVOKED_PARTNER.value)
+    ]
+    outs = [m for m in await kit.read_stream("DELIVERY") if m.subject.split(".")[2] == MARAUDE]
+    assert outs == []
+
+
+async def test_an_undecidable_runaway_alert_stays_flash_and_is_escalated(
+    agent_kit: Any, gateway_runner: Any, sealer: Any
+) -> None:
+    # No street outreach team, no CRIP for the child's département (a valid code): the
+    # runaway alert's rule finds nobody.
+    territory = build_territory(p for p in DEMO_PARTNERS if p.id != MARAUDE)
+    kit = await agent_kit(territory)
+    rules = load_rules(with_deadline(default_rules_text(), "runaway-alert", 1))
+    record = sample_event(EventType.RUNAWAY_ALERT, child_dept="75", facts_dept="93")
+    record["prostitution_suspected"] = False
+    decision = rules.decide(
+        EventType.RUNAWAY_ALERT,
+        default_registry().by_type(EventType.RUNAWAY_ALERT).routing_metadata(record),
+        sender=GEND,
+        directory=territory.directory,
+    )
+    assert decision.triage
+    assert decision.priority is Priority.FLASH
+    assert decision.deadline_seconds == 1
+    assert decision.recipients == (COORD,)
+    assert decision.fallback == (PARQUET,)
+    run = await gateway_runner(
+        kit.broker, territory, rules=rules, tracker_config=TrackerConfig(tick=0.1)
+    )
+    gend = await kit.broker.partner(GEND)
+    try:
+        data = sealer(territory, EventType.RUNAWAY_ALERT, record, sender=GEND, rules=rules)
+        await gend.js_publish(f"ref.in.{GEND}", data, msg_id="undecidable")
+    finally:
+        await gend.close()
+
+    async def escalated() -> Any:
+        records = [decode_record(m.data) for m in await kit.read_stream("AUDIT")]
+        kinds = {r["kind"]: r for r in records if "kind" in r}
+        return kinds if "ESCALATED" in kinds else None
+
+    kinds = await kit.until(escalated, what="escalation")
+    assert kinds["ROUTED"]["priority"] == "FLASH"
+    assert kinds["ROUTED"]["deadline_at"] is not None
+    assert kinds["ROUTED"]["recipients"] == [COORD]
+    copies = [m for m in await kit.read_stream("DELIVERY") if m.subject.split(".")[2] == PARQUET]
+    assert [m.subject for m in copies if m.data[4] == 0x01] == [f"ref.out.{PARQUET}.FLASH"]
+    assert run.tracker is not None
+
+
+def test_an_expired_edition_is_refused_with_its_reason(tmp_path: Path) -> None:
+    territory = build_territory(DEMO_PARTNERS[:3] + DEMO_PARTNERS[-1:])
+    issued = utc_now() - timedelta(days=10)
+    old = bump_serial(territory.directory, issued_at=issued, valid_for=timedelta(days=2))
+    signed = sign_directory(old, territory.root)
+    now = _now_ms()
+    with pytest.raises(DirectoryError) as refused:
+        verify_edition(signed, territory.root_public_key, now_ms=now)
+    assert refused.value.reason is Reason.DIRECTORY_EXPIRED
+    assert verify_edition(signed, territory.root_public_key).serial == old.serial  # no clock
+    watch = DirectoryWatch(territory.root_public_key, territory.signed_directory, cache=None)
+    with pytest.raises(DirectoryError) as offered:
+        watch.offer(signed)
+    assert offered.value.reason is Reason.DIRECTORY_EXPIRED
+    assert watch.serial == territory.directory.serial
+    # Warned ahead: a quarter of the validity (at most 7 days) before the end.
+    fresh = bump_serial(old, issued_at=utc_now(), valid_for=timedelta(days=8))
+    assert expiry_state(fresh, now)[0] is ExpiryState.VALID
+    assert expiry_state(fresh, now + 5 * 86_400_000)[0] is ExpiryState.VALID
+    assert expiry_state(fresh, now + 7 * 86_400_000)[0] is ExpiryState.EXPIRING
+    assert expiry_state(fresh, now + 9 * 86_400_000)[0] is ExpiryState.EXPIRED
+    # A signed edition spells out its validity end; one that does not is malformed.
+    assert b'"expires_at":"' in sign_directory(territory.directory, territory.root)
+
+
+def test_a_backdated_statement_or_checkpoint_of_an_expired_key_is_refused() -> None:
+    territory = build_territory(DEMO_PARTNERS[:4] + DEMO_PARTNERS[-1:])
+    now = _now_ms()
+    # The gateway's key ended an hour ago; it still signs, dating its statements back.
+    ended = utc_now() - timedelta(hours=1)
+    gateway = territory.identities["gateway"]
+    directory = territory.directory
+    partner = directory.get("gateway")
+    assert partner is not None
+    key = new_partner_key(
+        gateway.sign_pk, gateway.box_pk, not_before=ended - timedelta(days=30), not_after=ended
+    )
+    directory = Directory.model_validate(
+        {
+            **{n: getattr(directory, n) for n in type(directory).model_fields},
+            "partners": tuple(
+                Partner.model_validate({**p.model_dump(), "keys": (key,)})
+                if p.id == "gateway"
+                else p
+                for p in directory.partners
+            ),
+        }
+    )
+    keys = Policy.of(directory).keys
+    backdated = now - 2 * 3_600_000  # when the key was still valid
+    record = sample_event(EventType.REJECTION, alert_sender=GEND)
+    statement = sign_statement(
+        EventType.REJECTION,
+        record,
+        signer=gateway,
+        partnership=directory.partnership,
+        now_ms=backdated,
+    )
+    with pytest.raises(EnvelopeError) as refused:
+        verify_statement(statement, keys=keys, now_ms=now)
+    assert refused.value.reason is Reason.EXPIRED_KEY
+    # Received when it says (the broker stored it then): the key was valid.
+    assert verify_statement(statement, keys=keys, now_ms=backdated + 1000).signer == "gateway"
+    checkpoint = Checkpoint(
+        partnership=directory.partnership,
+        signer="gateway",
+        key_id=key.key_id,
+        first_seq=1,
+        last_seq=1,
+        count=1,
+        chain="00" * 32,
+        previous="00" * 32,
+        at=backdated,
+    )
+    data = sign_checkpoint(checkpoint, gateway)
+    assert open_checkpoint(data, keys=keys, received_ms=backdated + 1000).at == backdated
+    with pytest.raises(EnvelopeError) as bad:
+        open_checkpoint(data, keys=keys, received_ms=now)
+    assert bad.value.reason is Reason.AUDIT_CHECKPOINT_INVALID
+    assert isinstance(bad.value.__cause__, EnvelopeError)
+    assert bad.value.__cause__.reason is Reason.EXPIRED_KEY

@@ -352,3 +352,29 @@ def test_with_deadline_refuses_a_missing_rule_or_deadline(rule_id: str) -> None:
     with pytest.raises(RoutingError) as caught:
         with_deadline(default_rules_text(), rule_id, 3)
     assert caught.value.reason is Reason.RULES_INVALID
+
+
+def test_triage_keeps_the_priority_deadline_and_fallback_of_the_rule(territory: Territory) -> None:
+    # A département with no partner at all (a valid code): the runaway alert's rule finds
+    # nobody, yet the alert stays FLASH with its deadline (the tracker escalates it), with
+    # the coordination desks as its recipients.
+    d = decide(
+        territory,
+        EventType.RUNAWAY_ALERT,
+        "gend-93-bobigny",
+        child_dept="2A",
+        facts_dept="2A",
+        in_care="false",
+        prostitution_suspected="false",
+    )
+    assert d.triage
+    assert d.priority is Priority.FLASH
+    assert d.deadline_seconds == default_rules().by_type[EventType.RUNAWAY_ALERT].deadline_seconds
+    assert kinds(territory, d.recipients) == {PartnerKind.COORDINATION}
+    assert d.audiences == {}  # triage never receives secret sections
+    # A rule without a deadline: triage is URGENT, without one, as before.
+    none = decide(territory, EventType.DANGER_DECLARATION, "college-93-jaures", child_dept="2A")
+    assert none.triage
+    assert none.priority is Priority.URGENT
+    assert none.deadline_seconds is None
+    assert none.fallback == ()
