@@ -8,11 +8,15 @@ with the recorded keys, clock and random stream must give the recorded bytes exa
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +28,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl import bindings
 
 from relais.agents.keys import PartnerKeys
-from relais.schemas.domain import EventType, Priority
-from relais.schemas.envelope import Recipient, open_envelope, seal
-from relais.schemas.errors import EnvelopeError, Reason
+from relais.broker_config.directory import DirectoryKeys, verify_directory
+from relais.broker_config.rules import load_rules
+from relais.gateway.audit import Anchor, decode_record, open_checkpoint, verify_messages
+from relais.gateway.jetstream import StoredMessage
+from relais.gateway.policy import Policy
+from relais.gateway.router import Refused, RouterConfig, admit
+from relais.schemas.domain import EventType, PartnerKind, Priority
+from relais.schemas.envelope import Recipient, open_envelope, seal, verify_envelope
+from relais.schemas.errors import EnvelopeError, Reason, RelaisError
 from relais.schemas.registry import default_registry, to_jsonable
 from relais.schemas.statements import verify_statement
 
@@ -188,8 +198,6 @@ def test_section_ciphertext_is_xchacha20poly1305_of_the_plaintext() -> None:
     data = bytes.fromhex(EVENT["envelope_hex"])
     core = bytes.fromhex(EVENT["core_hex"])
     parquet = identity("parquet-93-bobigny")
-    from relais.schemas.envelope import verify_envelope
-
     verified = verify_envelope(data, keys=VectorKeys(), now_ms=NOW_MS)
     for index, (info, ct, wraps) in enumerate(
         zip(verified.header.sections, verified.ciphertexts, verified.wraps, strict=True)
@@ -222,3 +230,200 @@ def test_receipt_statement_vector() -> None:
     statement = verify_statement(data, keys=VectorKeys(), now_ms=NOW_MS + 10_000)
     assert statement.event_type is EventType.RECEIPT
     assert _normalise(statement.record) == _normalise(VECTORS["receipt"]["record"])
+
+
+# -- negative vectors ---------------------------------------------------------------------------
+#
+# tests/vectors/negative_v1.json (format: docs/protocol.md §9): every vector is refused by the
+# public decoders and verifiers with exactly its expected code ("OK": accepted), and every
+# member of Reason is either the expected code of a vector or listed in NOT_ON_EXCHANGED_BYTES.
+
+NEGATIVE = json.loads(
+    Path(__file__).with_name("vectors").joinpath("negative_v1.json").read_text("utf-8")
+)
+CONTEXT = NEGATIVE["context"]
+ROOT_PK = bytes.fromhex(CONTEXT["root_sign_pk_hex"])
+DIRECTORY = verify_directory(
+    base64.b64decode(CONTEXT["directory_b64"]), ROOT_PK, now_ms=CONTEXT["directory_now_ms"]
+)
+KEYS = DirectoryKeys(DIRECTORY)
+POLICY = Policy(DIRECTORY, load_rules(DIRECTORY.rules))
+ROUTER = RouterConfig(max_age_ms=CONTEXT["max_age_ms"], skew_ms=CONTEXT["skew_ms"])
+
+# Codes no single exchanged input decides, each with why; docs/protocol.md §9 lists them too.
+NOT_ON_EXCHANGED_BYTES: dict[str, str] = {
+    "SECTION_COUNT_MISMATCH": "reserved: the framing makes the section count implicit",
+    "WRAP_COUNT_MISMATCH": "reserved: the framing makes the wrap count implicit",
+    "REPLAY": "the router's replay store: depends on earlier ingress messages (test_router.py)",
+    "EDITION_CHANGED": "a rejection sent under the grace of an earlier edition: router state",
+    "KEYFILE_PERMISSIONS": "a local private key file's mode",
+    "KEYFILE_BAD_PASSPHRASE": "a local private key file's passphrase",
+    "KEYFILE_MALFORMED": "a local private key file's format",
+    "SCHEMA_INVALID": "the .avsc files loaded into the registry",
+    "SCHEMA_LINT": "the .avsc files loaded into the registry",
+    "SCHEMA_INCOMPATIBLE": "a schema change checked against the history",
+    "SCHEMA_CONFLICT": "two schema files with one canonical form",
+    "NO_RULE": "the sender's agent finds nobody to seal for",
+    "PERMISSION_DENIED": "transport: nats-server refused an operation",
+    "TIMEOUT": "transport",
+    "NOT_CONNECTED": "transport",
+    "SERVER_NOT_DURABLE": "transport: the broker does not fsync every write",
+    "BROKER_ERROR": "transport",
+    "STORAGE_LIMIT": "transport: a stream or a partner's share of it is full",
+    "CONNECTION_LIMIT": "transport: an identity holds all its connections",
+    "CONFIG_INVALID": "settings, broker configuration, command-line input",
+    "INVALID_PAYLOAD": "the agent's local HTTP API bodies (and the tracker's receipt rule)",
+    "IDEMPOTENCY_KEY_REUSED": "the agent's local HTTP API",
+    "UNAUTHORIZED": "the agent's local HTTP API",
+    "UNKNOWN_EVENT": "the agent's local HTTP API",
+    "STATE_CONFLICT": "the agent's local HTTP API",
+    "NOT_READY": "the agent's local HTTP API",
+    "STORE_FAILED": "the agent's local store",
+}
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """A recipient's identity from the vectors' context (box keys only: it opens, never signs)."""
+
+    partner_id: str
+    key_id: str
+    box_pk: bytes
+    box_sk: bytes
+    sign_sk: bytes = b""
+
+
+def _holder(partner_id: str) -> _Holder:
+    entry = CONTEXT["keys"][partner_id]
+    return _Holder(
+        partner_id,
+        entry["key_id"],
+        bytes.fromhex(entry["box_pk_hex"]),
+        bytes.fromhex(entry["box_sk_hex"]),
+    )
+
+
+def _input(vector: dict[str, Any]) -> bytes:
+    data = base64.b64decode(vector["input_b64"])
+    pad = vector.get("pad")
+    if pad is not None:
+        data += bytes([pad["byte"]]) * (pad["to"] - len(data))
+    return data
+
+
+def _envelope(vector: dict[str, Any], data: bytes) -> str:
+    now = vector["now_ms"]
+    if vector["check"] == "admit":
+        checked = admit(
+            data, sender=vector["ingress_sender"], policy=POLICY, now_ms=now, config=ROUTER
+        )
+        return checked.reason.value if isinstance(checked, Refused) else "OK"
+    if vector["check"] == "open":
+        recipient = _holder(vector["recipient"])
+        open_envelope(data, recipient=recipient, keys=KEYS, now_ms=now, skew_ms=ROUTER.skew_ms)
+        return "OK"
+    verify_envelope(data, keys=KEYS, now_ms=now, skew_ms=ROUTER.skew_ms)
+    return "OK"
+
+
+def _statement(vector: dict[str, Any], data: bytes) -> str:
+    kind = vector.get("expected_kind")
+    statement = verify_statement(
+        data, keys=KEYS, expected=EventType(kind) if kind else None, now_ms=vector["now_ms"]
+    )
+    # "from_gateway": the receiver's rule for rejections and notices (agents/receiving.py)
+    if vector["check"] == "from_gateway" and KEYS.partner_kind(statement.signer) is not (
+        PartnerKind.GATEWAY
+    ):
+        return Reason.SIGNER_NOT_GATEWAY.value
+    return "OK"
+
+
+def _directory(vector: dict[str, Any], data: bytes) -> str:
+    directory = verify_directory(
+        data, ROOT_PK, min_serial=vector.get("min_serial"), now_ms=vector.get("now_ms")
+    )
+    if vector["check"] == "edition":
+        load_rules(directory.rules)
+    return "OK"
+
+
+def _audit_log(vector: dict[str, Any]) -> tuple[str, int]:
+    messages = [
+        StoredMessage(m["seq"], m["subject"], base64.b64decode(m["data_b64"]), {})
+        for m in vector["messages"]
+    ]
+    anchor = Anchor.parse(vector["anchor"]) if "anchor" in vector else None
+    report = verify_messages(messages, keys=KEYS, last_seq=vector["last_seq"], anchor=anchor)
+    if report.problem is None:
+        return "OK", 0
+    return report.problem.reason.value, report.problem.seq
+
+
+def outcome(vector: dict[str, Any]) -> str:
+    """What relais answers to a vector: ``OK`` or the reason code of its typed error."""
+    target = vector["target"]
+    if target == "audit_log":
+        return _audit_log(vector)[0]
+    data = _input(vector)
+    try:
+        if target == "envelope":
+            return _envelope(vector, data)
+        if target == "statement":
+            return _statement(vector, data)
+        if target == "directory":
+            return _directory(vector, data)
+        if target == "audit_record":
+            decode_record(data)
+        elif target == "checkpoint":
+            open_checkpoint(data, keys=KEYS)
+        else:
+            raise AssertionError(f"unknown target {target}")
+    except RelaisError as exc:
+        cause = exc.__cause__
+        if target == "checkpoint" and isinstance(cause, EnvelopeError):
+            # the inner reason of AUDIT_CHECKPOINT_INVALID, where the vector names one
+            return f"{exc.reason.value}/{cause.reason.value}"
+        return exc.reason.value
+    return "OK"
+
+
+@pytest.mark.parametrize("vector", NEGATIVE["vectors"], ids=lambda v: v["id"])
+def test_negative_vector(vector: dict[str, Any]) -> None:
+    code, _, inner = outcome(vector).partition("/")
+    assert code == vector["expected"]
+    assert inner == vector.get("inner", inner)
+    if vector["target"] == "audit_log":
+        assert _audit_log(vector)[1] == vector["problem_seq"]
+    if vector["target"] == "envelope" and vector["check"] == "verify":
+        # the router refuses what verification refuses, with the same code
+        checked = admit(
+            _input(vector), sender="x-0", policy=POLICY, now_ms=vector["now_ms"], config=ROUTER
+        )
+        assert isinstance(checked, Refused)
+        assert checked.reason.value == vector["expected"]
+
+
+def test_every_reason_has_a_vector_or_a_documented_exemption() -> None:
+    expected = {v["expected"] for v in NEGATIVE["vectors"]} - {"OK"}
+    codes = {r.value for r in Reason}
+    assert expected <= codes
+    assert not expected & NOT_ON_EXCHANGED_BYTES.keys(), "an exempt code has a vector"
+    assert codes - expected == NOT_ON_EXCHANGED_BYTES.keys()
+    assert all(why for why in NOT_ON_EXCHANGED_BYTES.values())
+
+
+def test_every_reason_is_in_the_protocol_document() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    missing = [r.value for r in Reason if f"`{r.value}`" not in text]
+    assert not missing
+    assert "negative_v1.json" in text
+
+
+def test_vectors_are_reproducible() -> None:
+    """``generate.py --check`` rebuilds both vector files byte for byte."""
+    script = Path(__file__).with_name("vectors") / "generate.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,4 +1,10 @@
-"""Regenerate the golden vectors of the wire format (``python tests/vectors/generate.py``).
+"""Regenerate the vectors of the wire format (``python tests/vectors/generate.py``).
+
+Two files: ``envelope_v1.json``, the golden (positive) vectors below, and
+``negative_v1.json``, one vector per refusal (``forge.py``, ``negative_wire.py``,
+``negative_json.py``; format in docs/protocol.md §9). ``--check`` rebuilds both in memory
+and exits 1 if either file differs from what is committed (CI runs it through
+tests/test_vectors.py).
 
 The vectors pin the bytes of protocol version 1: fixed keys, fixed clock and a deterministic
 random source, so that an independent implementation can reproduce every byte. Regenerate
@@ -14,6 +20,7 @@ the ephemeral X25519 secret of the wrap (32).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import random
@@ -30,6 +37,7 @@ from relais.schemas.samples import sample_event
 from relais.schemas.statements import sign_statement, verify_statement
 
 OUT = Path(__file__).with_name("envelope_v1.json")
+NEGATIVE_OUT = Path(__file__).with_name("negative_v1.json")
 NOW_MS = 1_763_159_400_000  # 2025-11-14T22:30:00Z
 PARTNERSHIP = "pilot-93"
 EDITION = 7  # the configuration edition (directory serial) the sender routed with
@@ -158,14 +166,71 @@ class _Resolver:
         return self.keys[partner_id].sign_pk
 
 
-def main() -> int:
-    """Write the vectors file."""
-    OUT.write_text(
-        json.dumps(build(), indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8"
+def build_negative() -> dict[str, Any]:
+    """The negative vectors, as one JSON document."""
+    import forge
+    from forge import build_world
+    from negative_json import (
+        checkpoint_vectors,
+        directory_vectors,
+        log_vectors,
+        record_vectors,
     )
-    print(f"wrote {OUT}")
+    from negative_wire import envelope_vectors, statement_vectors
+
+    world = build_world()
+    vectors = [
+        *envelope_vectors(world),
+        *statement_vectors(world),
+        *directory_vectors(world),
+        *record_vectors(),
+        *checkpoint_vectors(world),
+        *log_vectors(world),
+    ]
+    ids = [v["id"] for v in vectors]
+    assert len(set(ids)) == len(ids), "vector ids are unique"
+    return {
+        "description": "relais wire format v1 negative vectors; format: docs/protocol.md §9",
+        "format": "relais-negative-vectors/1",
+        "context": {
+            "partnership": forge.PARTNERSHIP,
+            "root_sign_pk_hex": world.root.sign_pk.hex(),
+            "directory_b64": base64.b64encode(world.signed_directory).decode("ascii"),
+            "directory_now_ms": forge.NOW_MS,
+            "skew_ms": forge.SKEW_MS,
+            "max_age_ms": forge.MAX_AGE_MS,
+            "keys": {
+                pid: {
+                    "key_id": k.key_id,
+                    "box_sk_hex": k.box_sk.hex(),
+                    "box_pk_hex": k.box_pk.hex(),
+                }
+                for pid, k in sorted(world.identities.items())
+            },
+        },
+        "vectors": vectors,
+    }
+
+
+def _text(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """Write the vectors files, or with ``--check`` compare them with a fresh build."""
+    outputs = {OUT: _text(build()), NEGATIVE_OUT: _text(build_negative())}
+    if "--check" in argv:
+        stale = [p.name for p, text in outputs.items() if p.read_text("utf-8") != text]
+        if stale:
+            print(f"out of date: {', '.join(stale)} (run python tests/vectors/generate.py)")
+            return 1
+        print("vectors up to date")
+        return 0
+    for path, text in outputs.items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
