@@ -24,7 +24,8 @@ from typing import Any, Final
 from relais.agents.keys import read_root_public_key
 from relais.agents.settings import AgentSettings
 from relais.broker_config.directory import Directory, verify_directory
-from relais.broker_config.rules import RuleSet, default_rules, load_rules
+from relais.broker_config.edition import rules_of
+from relais.broker_config.rules import RuleSet, load_rules
 from relais.schemas.domain import EventType, PartnerKind, Priority, SecrecyClass
 from relais.schemas.envelope import peek_header
 from relais.schemas.errors import EnvelopeError, RelaisError
@@ -95,15 +96,23 @@ class Mailbox:
         """Views over the data of the agent configured by ``settings``."""
         self._settings = settings
         self._root = read_root_public_key(settings.root_public_key)
-        self._rules = load_rules(settings.rules_file) if settings.rules_file else default_rules()
+        # A local rules file overrides the edition's rules, as it does for the agent.
+        self._override = load_rules(settings.rules_file) if settings.rules_file else None
         self._lock = threading.Lock()
         self._directory: Directory | None = None
         self._directory_stamp: tuple[int, int] | None = None
+        self._edition_rules: tuple[int, RuleSet] | None = None
 
     @property
     def rules(self) -> RuleSet:
-        """The routing rules the agent uses."""
-        return self._rules
+        """The routing rules the agent uses: those of the edition in force, or its override."""
+        if self._override is not None:
+            return self._override
+        directory = self.directory()
+        with self._lock:
+            if self._edition_rules is None or self._edition_rules[0] != directory.serial:
+                self._edition_rules = (directory.serial, rules_of(directory))
+            return self._edition_rules[1]
 
     # -- directory ---------------------------------------------------------------------------
 
@@ -133,7 +142,7 @@ class Mailbox:
     def entitled_classes(self) -> tuple[str, ...]:
         """The secrecy classes this partner's kind may read (identity, medical)."""
         kind = self.kind()
-        return tuple(c.value for c, kinds in self._rules.secrecy.items() if kind in kinds)
+        return tuple(c.value for c, kinds in self.rules.secrecy.items() if kind in kinds)
 
     def needs_second_factor(self) -> bool:
         """This partner may read identity or medical sections: every person needs TOTP."""
@@ -143,7 +152,7 @@ class Mailbox:
     def may_send(self) -> list[EventType]:
         """The event types whose rule accepts this partner's kind as a sender."""
         kind = self.kind()
-        return [t for t, rule in self._rules.by_type.items() if kind in rule.senders]
+        return [t for t, rule in self.rules.by_type.items() if kind in rule.senders]
 
     # -- agent database ----------------------------------------------------------------------
 
@@ -175,7 +184,7 @@ class Mailbox:
         deadline = None
         with contextlib.suppress(EnvelopeError, RelaisError, ValueError):
             created = peek_header(bytes(row[9])).created_at_ms
-        rule = self._rules.by_type.get(EventType(event_type))
+        rule = self.rules.by_type.get(EventType(event_type))
         if state == "delivered" and rule is not None and rule.deadline_seconds is not None:
             deadline = (created or int(received)) + rule.deadline_seconds * 1000
         return InboxRow(
