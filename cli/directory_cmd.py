@@ -5,6 +5,12 @@ the directory, as indented JSON) with ``init``, ``add``, ``add-key`` and ``revok
 ``sign`` publishes the next edition: the serial is bumped and written back to the working
 document before the signed file is written, so two editions never share a serial.
 
+An edition is the partnership's whole configuration: the directory *and* the routing rules
+(``init`` embeds the packaged rules; ``sign --rules FILE`` embeds another rules file, which
+is validated first and kept in the working document for the next editions), valid for
+``--valid-for-days`` (default 31) from its signature. ``verify`` and ``show`` refuse an
+expired edition (``DIRECTORY_EXPIRED``).
+
 ``verify`` and ``show`` check a signed file against the pinned root public key (base64, or a
 file holding it: the root's ``.pub.json`` export or the base64 text) before printing
 anything; they show organisation data only (ids, kinds, names, départements, key ids and
@@ -32,6 +38,7 @@ from relais.agents.keys import (
     write_atomic,
 )
 from relais.broker_config.directory import (
+    DEFAULT_VALIDITY,
     Directory,
     Partner,
     add_key,
@@ -47,9 +54,13 @@ from relais.broker_config.directory import (
     revoke_key,
     revoke_partner,
     sign_directory,
+    to_ms,
     utc_now,
     verify_directory,
+    with_rules,
 )
+from relais.broker_config.edition import rules_of
+from relais.broker_config.rules import load_rules
 from relais.cli._common import read_passphrase, reported_errors
 from relais.cli.keys_cmd import PassphraseEnvOption, PassphraseFileOption
 from relais.schemas.domain import PartnerKind
@@ -111,7 +122,10 @@ def _validity(valid_days: int) -> dict[str, Any]:
 
 def _verified(signed: Path, root_public_key: str, min_serial: int | None = None) -> Directory:
     root_pk = read_root_public_key(root_public_key)
-    return verify_directory(_read(signed, "signed directory"), root_pk, min_serial=min_serial)
+    data = _read(signed, "signed directory")
+    directory = verify_directory(data, root_pk, min_serial=min_serial, now_ms=to_ms(utc_now()))
+    rules_of(directory)  # an edition whose rules do not validate is refused (RULES_INVALID)
+    return directory
 
 
 def _check_departements(codes: list[str]) -> None:
@@ -145,6 +159,8 @@ def _summary(directory: Directory) -> dict[str, Any]:
         "partnership": directory.partnership,
         "serial": directory.serial,
         "issued_at": format_utc(directory.issued_at),
+        "expires_at": format_utc(directory.valid_until),
+        "rules_version": rules_of(directory).version,
         "root_key_id": directory.root_key_id,
         "partners": len(directory.partners),
     }
@@ -251,17 +267,37 @@ def sign(
     out: Annotated[Path, typer.Option("--out", help="Signed directory file.", dir_okay=False)],
     passphrase_file: PassphraseFileOption = None,
     passphrase_env: PassphraseEnvOption = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            help="Routing rules file (TOML) to embed; default: the rules already embedded.",
+            dir_okay=False,
+        ),
+    ] = None,
+    valid_for_days: Annotated[
+        int,
+        typer.Option("--valid-for-days", min=1, max=366, help="Validity of the edition."),
+    ] = DEFAULT_VALIDITY.days,
 ) -> None:
-    """Sign the next edition: bump the serial, then write the signed file."""
+    """Sign the next edition (directory and rules): bump the serial, write the signed file."""
     with reported_errors():
         directory = _load_working(directory_path)
+        if rules is not None:
+            text = _read(rules, "rules file").decode("utf-8", "replace")
+            load_rules(text)  # refused before anything is signed (RULES_INVALID)
+            directory = with_rules(directory, text)
+        version = rules_of(directory).version
         passphrase = read_passphrase(passphrase_file, passphrase_env, confirm=False)
         root = load_key_file(root_key, passphrase)
-        edition = bump_serial(directory)
+        edition = bump_serial(directory, valid_for=timedelta(days=valid_for_days))
         signed = sign_directory(edition, root)  # refuses a root key the document does not name
         _save_working(directory_path, edition)
         write_atomic(out, signed, mode=0o644, overwrite=True)
-    typer.echo(f"signed serial {edition.serial} ({len(edition.partners)} partners) -> {out}")
+    typer.echo(
+        f"signed serial {edition.serial} ({len(edition.partners)} partners, rules version"
+        f" {version}, valid until {format_utc(edition.valid_until)}) -> {out}"
+    )
 
 
 # -- checking a signed file --------------------------------------------------------------------
@@ -285,7 +321,8 @@ def verify(
         return
     typer.echo(
         f"directory ok: partnership {summary['partnership']}, serial {summary['serial']}, "
-        f"issued {summary['issued_at']}, {summary['partners']} partners"
+        f"issued {summary['issued_at']}, expires {summary['expires_at']}, rules version "
+        f"{summary['rules_version']}, {summary['partners']} partners"
     )
 
 

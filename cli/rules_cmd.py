@@ -4,8 +4,10 @@
 carries them) against a signed directory (``--directory FILE``, else the last edition on
 ``ref.dir`` of the broker given by ``-s``/``--creds`` or ``--data-dir``, read as the operator),
 verified first against the pinned root key (``--root-public-key``, ``RELAIS_ROOT_PUBLIC_KEY``),
-and shows the rule, priority, deadline, département, every recipient and fallback recipient
-with the reason, and who may read each secret section.
+with the routing rules *that edition embeds* (the rules agents and the router apply), and
+shows the edition, the rule, priority, deadline, département, every recipient and fallback
+recipient with the reason, and who may read each secret section. ``--rules FILE`` explains
+with a draft rules file instead, before it is signed into an edition.
 
 Exit codes: 0 success; 1 the directory or the rules do not verify; 2 usage; 3 the broker
 could not be reached or refused. Errors are one line on stderr: ``error [REASON]: message``.
@@ -23,8 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from relais.agents.keys import read_root_public_key
-from relais.broker_config.directory import Directory, verify_directory
-from relais.broker_config.rules import Decision, default_rules, load_rules
+from relais.broker_config.directory import Directory, to_ms, utc_now, verify_directory
+from relais.broker_config.edition import rules_of
+from relais.broker_config.rules import Decision, load_rules
 from relais.cli._common import (
     BrokerTarget,
     CredsOption,
@@ -122,7 +125,11 @@ def explain(
     ] = None,
     rules_file: Annotated[
         Path | None,
-        typer.Option("--rules", help="Rules file (default: the packaged rules).", dir_okay=False),
+        typer.Option(
+            "--rules",
+            help="A draft rules file (default: the rules the edition embeds).",
+            dir_okay=False,
+        ),
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
@@ -137,15 +144,15 @@ def explain(
         root = read_root_public_key(root_public_key)
         signed = read_directory_file(directory)
         if signed is not None:
-            verified = verify_directory(signed, root)
+            verified = verify_directory(signed, root, now_ms=to_ms(utc_now()))
         else:
             target = broker_target(ctx, server, creds, data_dir)
             verified = asyncio.run(_directory_from_broker(target, root, timeout))
-        rules = load_rules(rules_file) if rules_file is not None else default_rules()
+        rules = load_rules(rules_file) if rules_file is not None else rules_of(verified)
         decision = rules.decide(
             EventType(event_type), _routing(routing or []), sender=sender, directory=verified
         )
-    result = decision_json(decision)
+    result = {"edition": verified.serial, **decision_json(decision)}
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -156,7 +163,7 @@ def _print(result: dict[str, Any], event_type: str, sender: str) -> None:
     console = Console()
     deadline = result["deadline_seconds"]
     console.print(
-        f"[bold]{event_type}[/] from {sender}: rule {result['rule']}"
+        f"[bold]{event_type}[/] from {sender}: edition {result['edition']}, rule {result['rule']}"
         f"{' (human triage)' if result['triage'] else ''}, priority {result['priority']},"
         f" département {result['departement'] or '-'},"
         f" deadline {f'{deadline} s' if deadline else 'none'}"
