@@ -131,6 +131,41 @@ def resign_directory(document: dict[str, Any], root: PartnerKeys) -> bytes:
     return canonical_json({**document, "signature": base64.b64encode(signature).decode()}) + b"\n"
 
 
+# -- vectors ----------------------------------------------------------------------------------
+
+_L = 2**252 + 27742317777372353535851937790883648493  # order of the Ed25519 base point
+
+
+def vector(
+    vid: str, target: str, check: str, data: bytes, expected: str, why: str, **more: Any
+) -> dict[str, Any]:
+    """One vector: its id, what checks it, the input (base64), the expected code."""
+    return {
+        "id": vid,
+        "target": target,
+        "check": check,
+        "input_b64": base64.b64encode(data).decode("ascii"),
+        "expected": expected,
+        "description": why,
+        **more,
+    }
+
+
+def flip(offset: int) -> Callable[[bytes], bytes]:
+    """A hook flipping the low bit of the byte at ``offset``."""
+
+    def hook(data: bytes) -> bytes:
+        return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
+
+    return hook
+
+
+def noncanonical_signature(signature: bytes) -> bytes:
+    """The same signature with ``S + L`` in place of ``S`` (still 32 bytes)."""
+    s = int.from_bytes(signature[32:], "little") + _L
+    return signature[:32] + s.to_bytes(32, "little")
+
+
 # -- envelopes --------------------------------------------------------------------------------
 
 

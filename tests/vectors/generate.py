@@ -1,9 +1,10 @@
 """Regenerate the vectors of the wire format (``python tests/vectors/generate.py``).
 
 Two files: ``envelope_v1.json``, the golden (positive) vectors below, and
-``negative_v1.json``, one vector per refusal (``forge.py``, ``negative_wire.py``,
-``negative_json.py``; format in docs/protocol.md §9). ``--check`` rebuilds both in memory
-and exits 1 if either file differs from what is committed (CI runs it through
+``negative_v1.json``, one vector per refusal (``forge.py``: the partnership and the forgers;
+``negative_envelope.py``, ``negative_statement.py``, ``negative_directory.py``,
+``negative_audit.py``: the vectors; format in docs/protocol.md §9.3). ``--check`` rebuilds
+both in memory and exits 1 if either file differs from what is committed (CI runs it through
 tests/test_vectors.py).
 
 The vectors pin the bytes of protocol version 1: fixed keys, fixed clock and a deterministic
@@ -168,15 +169,13 @@ class _Resolver:
 
 def build_negative() -> dict[str, Any]:
     """The negative vectors, as one JSON document."""
+    # siblings of this script (python puts its folder first on the path)
     import forge
     from forge import build_world
-    from negative_json import (
-        checkpoint_vectors,
-        directory_vectors,
-        log_vectors,
-        record_vectors,
-    )
-    from negative_wire import envelope_vectors, statement_vectors
+    from negative_audit import checkpoint_vectors, log_vectors, record_vectors
+    from negative_directory import directory_vectors
+    from negative_envelope import envelope_vectors
+    from negative_statement import statement_vectors
 
     world = build_world()
     vectors = [
