@@ -202,12 +202,18 @@ def _tracker() -> Identity:
         "ref.audit.rec",
         "ref.audit.ckpt",
         "ref.dir",  # the directory publisher: nobody else may write an edition
+        "ref.lease.tracker",  # exactly one active tracker (gateway.lease)
         _JS_INFO,
-        "$JS.API.STREAM.INFO.AUDIT",
+        "$JS.API.STREAM.INFO.*",  # the keeper's retention evidence and watch gauges
+        "$JS.API.CONSUMER.LIST.DELIVERY",  # the keeper's delivery backlog gauges
         "$JS.API.STREAM.MSG.GET.INGRESS",  # the original envelope, for an escalation
         "$JS.API.STREAM.MSG.GET.AUDIT",
         "$JS.API.DIRECT.GET.AUDIT",
         "$JS.API.DIRECT.GET.AUDIT.>",
+        "$JS.API.DIRECT.GET.RECEIPTS",  # receipts stored but not yet delivered to it
+        "$JS.API.CONSUMER.INFO.RECEIPTS.tracker",  # how far the active tracker acknowledged
+        "$JS.API.CONSUMER.INFO.AUDIT.tracker-audit",
+        "$JS.API.DIRECT.GET.LEASES.ref.lease.tracker",
         _DIRECTORY_READ,
     )
     return Identity("tracker", "TRACKER", TRACKER_INBOX, subjects)

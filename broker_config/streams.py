@@ -10,6 +10,7 @@ Streams (file storage, limits retention)::
     DIRECTORY   ref.dir                               records, last 5 signed editions, direct get
     ADVISORIES  $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>   90 days
     SEEN        ref.seen.<event id>                   router's replay store: one per id, 8 days
+    LEASES      ref.lease.<role>                      who is the active tracker (one per role)
 
 Records streams deny delete and purge, and refuse new messages when full (``discard: new``,
 never an old record dropped to make room): every stream has a byte limit, and INGRESS and
@@ -222,6 +223,7 @@ class StorageLimits(BaseModel):
             "DIRECTORY": 64 * _MIB,
             "ADVISORIES": 128 * _MIB,
             "SEEN": 256 * _MIB,
+            "LEASES": 8 * _MIB,
         }
     )
     # Messages one partner may hold on its own subject of INGRESS and of RECEIPTS.
@@ -260,7 +262,11 @@ STREAMS: Final[tuple[StreamSpec, ...]] = (
         allow_atomic=True,
     ),
     StreamSpec(
-        "RECEIPTS", ("ref.rcpt.*",), "signed receipts published by partners", per_partner=True
+        "RECEIPTS",
+        ("ref.rcpt.*",),
+        "signed receipts published by partners",
+        per_partner=True,
+        allow_direct=True,  # the tracker drains what is stored before it escalates
     ),
     StreamSpec(
         "AUDIT",
@@ -295,6 +301,15 @@ STREAMS: Final[tuple[StreamSpec, ...]] = (
         allow_direct=True,
         max_msgs_per_subject=1,
         max_age=REPLAY_WINDOW,
+    ),
+    StreamSpec(
+        "LEASES",
+        ("ref.lease.*",),
+        "leases of the roles that run exactly once (the active tracker)",
+        records=False,
+        duplicate_window=60.0,
+        allow_direct=True,
+        max_msgs_per_subject=1,
     ),
 )
 

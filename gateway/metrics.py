@@ -37,6 +37,7 @@ __all__ = [
     "STREAM_MAX_AGE",
     "STREAM_MAX_BYTES",
     "STREAM_MESSAGES",
+    "TRACKER_ACTIVE",
     "TRACKER_CLOSED",
     "TRACKER_ESCALATIONS",
     "TRACKER_NEXT_DEADLINE",
@@ -96,6 +97,10 @@ AUDIT_CHECKPOINTS: Final = Counter(
 
 # -- watch gauges (set by relais.gateway.keeper) -------------------------------------------------
 
+TRACKER_ACTIVE: Final = Gauge(
+    "relais_gateway_tracker_active",
+    "1 while this tracker holds the lease (the active one), 0 while it is a standby",
+)
 TRACKER_OPEN: Final = Gauge(
     "relais_tracker_open_events",
     "Events with a deadline not passed yet that nobody took in charge, by priority.",

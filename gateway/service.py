@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
@@ -48,9 +49,11 @@ from relais.broker_config.edition import ExpiryState, expiry_state, verify_editi
 from relais.broker_config.nats_conf import ROUTER_INBOX, TRACKER_INBOX
 from relais.broker_config.rules import load_rules
 from relais.gateway import metrics
+from relais.gateway.active import ActiveTracker, LeaderJob
 from relais.gateway.checkpoint import Checkpointer
 from relais.gateway.jetstream import last_for_subject, publish, use_atomic_batches
 from relais.gateway.keeper import Keeper, KeeperConfig
+from relais.gateway.lease import Lease
 from relais.gateway.policy import Policy, check_gateway_identity
 from relais.gateway.router import Router, RouterConfig
 from relais.gateway.settings import GatewaySettings
@@ -205,7 +208,7 @@ class _Gateway:
         if self.router is not None:
             await self.router.check_replay_window()
             jobs.append(self.router.run(stop))
-        if self.tracker is not None:
+        if self.tracker is not None and self.store is not None:
             checkpointer = Checkpointer(
                 self.conns["tracker"],
                 self.signer,
@@ -214,17 +217,32 @@ class _Gateway:
                 every_seconds=self.settings.checkpoint_interval_seconds,
                 anchor_file=self.settings.data_dir / "audit-anchor.json",
             )
-            jobs.append(self.tracker.run(stop))
             tick = min(1.0, self.settings.checkpoint_interval_seconds)
-            jobs.append(checkpointer.run(stop, tick=tick))
-            if self.store is not None:  # retention with evidence, and the watch gauges
-                keeper = Keeper(
+
+            async def checkpoints(term: asyncio.Event) -> None:
+                await checkpointer.run(term, tick=tick)
+
+            keeper = Keeper(  # retention with evidence, and the watch gauges
+                self.conns["tracker"],
+                self.store,
+                lambda: self.policy,
+                config=KeeperConfig(monitor_url=self.settings.monitor_url),
+            )
+            once: list[LeaderJob] = [checkpoints, keeper.run]
+            # Exactly one active tracker among the processes that run the role; the others
+            # are warm standbys (gateway.active).
+            active = ActiveTracker(
+                self.tracker,
+                self.store,
+                self.conns["tracker"],
+                # one holder per data directory: a restart takes its own lease back at once
+                Lease(
                     self.conns["tracker"],
-                    self.store,
-                    lambda: self.policy,
-                    config=KeeperConfig(monitor_url=self.settings.monitor_url),
-                )
-                jobs.append(keeper.run(stop))
+                    holder=f"{socket.gethostname()}:{self.settings.data_dir.resolve()}",
+                ),
+                jobs=once,
+            )
+            jobs.append(active.run(stop))
         self.tasks = [asyncio.create_task(job) for job in jobs]
         done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
         failed = [t for t in done if not t.cancelled() and t.exception() is not None]

@@ -349,9 +349,9 @@ class Tracker:
         self._store.advance(
             event_id, partner, state, record.get("decline_reason"), at, record.get("outcome")
         )
-        if state in (PartyState.TAKEN_IN_CHARGE, PartyState.CONCLUDED):
-            if event.state is EventState.OPEN:
-                self._store.set_state(event_id, EventState.TAKEN, int(record.get("at") or at))
+        taking = state in (PartyState.TAKEN_IN_CHARGE, PartyState.CONCLUDED)
+        if taking and event.state is EventState.OPEN:
+            self._store.set_state(event_id, EventState.TAKEN, int(record.get("at") or at))
 
     def _routed(self, record: dict[str, Any]) -> list[Change]:
         if not self._store.add_event(record):
@@ -484,8 +484,8 @@ class Tracker:
         last = max((m.seq for m in msgs), default=0)
         await self._commit([], work, applied=(_RECEIPTS_STREAM, last) if last else None)
 
-    async def apply_parked(self) -> int:
-        """Apply every kept receipt entry whose event is known now (a takeover); how many."""
+    async def apply_parked(self) -> None:
+        """Apply every kept receipt entry whose event is known now (at a takeover)."""
 
         def work() -> list[Change]:
             changes: list[Change] = []
@@ -497,15 +497,7 @@ class Tracker:
                         changes.append(change)
             return changes
 
-        applied: list[int] = []
-
-        def counted() -> list[Change]:
-            changes = work()
-            applied.append(len(changes))
-            return changes
-
-        await self._commit([], counted)
-        return sum(applied)
+        await self._commit([], work)
 
     def _verify_receipt(
         self, subject: str, data: bytes, stored_ms: int | None

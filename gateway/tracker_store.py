@@ -100,6 +100,10 @@ CREATE TABLE IF NOT EXISTS closures (
     at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_left ON events (state, state_at);
+CREATE TABLE IF NOT EXISTS cursors (
+    stream TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS marks (
     stream TEXT PRIMARY KEY,
     first_seq INTEGER NOT NULL
@@ -471,6 +475,11 @@ class TrackerStore:
             ),
         )
 
+    def early_events(self) -> list[uuid.UUID]:
+        """The events for which receipt entries are kept."""
+        rows = self._db.execute("SELECT DISTINCT event_id FROM early").fetchall()
+        return [uuid.UUID(r["event_id"]) for r in rows]
+
     def take_early(self, event_id: uuid.UUID) -> list[EarlyReceipt]:
         """The receipt entries kept for ``event_id`` (removed from the store), oldest first."""
         rows = self._db.execute(
@@ -621,6 +630,19 @@ class TrackerStore:
     def drop_purge_record(self, msg_id: str) -> None:
         """The log stored this record."""
         self._db.execute("DELETE FROM purges WHERE msg_id = ?", (msg_id,))
+
+    def applied(self, stream: str) -> int:
+        """The last sequence of ``stream`` this store has applied (0: none: rebuild it)."""
+        row = self._db.execute("SELECT seq FROM cursors WHERE stream = ?", (stream,)).fetchone()
+        return 0 if row is None else int(row["seq"])
+
+    def set_applied(self, stream: str, seq: int) -> None:
+        """Record that ``stream`` was applied up to ``seq`` (never moves back)."""
+        self._db.execute(
+            "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET seq ="
+            " max(seq, excluded.seq)",
+            (stream, seq),
+        )
 
     def mark(self, stream: str) -> int | None:
         """The first sequence of ``stream`` recorded by :meth:`set_mark`, if any."""

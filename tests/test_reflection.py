@@ -135,6 +135,7 @@ def targets_for(me: str, victim: str) -> list[str]:
         "ref.audit.ckpt",
         "ref.quar.FORGED",
         "ref.dir",
+        "ref.lease.tracker",
         f"ref.seen.{uuid.uuid4()}",
         "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.DELIVERY.x",
         f"_INBOX_{victim}.stolen",
