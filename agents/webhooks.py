@@ -299,7 +299,10 @@ class WebhookDispatcher:
         priority = Priority(job.priority).label
         self._metrics.webhooks.labels(job.kind, priority, outcome).inc()
         self._metrics.webhooks_pending.set(len(self._queued))
-        _log.info(
+        # A call that failed (or was given up) is the partner's to look at: a warning, seen
+        # at the default level; a delivery or a throttled call is routine.
+        log = _log.warning if outcome in _FAILED_OUTCOMES else _log.info
+        log(
             "agent.webhook",
             webhook_id=job.webhook_id,
             kind=job.kind,
@@ -308,6 +311,9 @@ class WebhookDispatcher:
             status=status,
             attempt=job.attempts + 1,
         )
+
+
+_FAILED_OUTCOMES: Final = frozenset({"unreachable", "failed", "abandoned", "vanished"})
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -398,6 +398,7 @@ class Connection:
         exc = task.exception() if task in done else None
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        self._closing = True  # never connected: its closing is not a disconnection to report
         with contextlib.suppress(nats.errors.Error):
             await self._nc.close()
         if auth_failed and self._limit_refused:

@@ -1,15 +1,21 @@
 """Helpers shared by the ``relais`` commands: exit codes, error reporting, secrets and keys,
 and the options of every command that talks to the broker.
 
-Exit codes (also in ``docs/operations.md``): 0 success, 1 a check failed, 2 usage error,
-3 the broker or a service could not be reached.
+Exit codes (also in ``docs/operations.md`` §9): 0 success, 1 a check failed, 2 usage error,
+3 the broker or a service could not be reached or refused. Every failure is one line on
+stderr, ``error [CODE]: what happened; what to do``, and no traceback.
 
-Broker options, natscli-style: ``-s/--server URL`` (environment ``RELAIS_SERVER``, else
-``NATS_URL``) and ``--creds FILE`` (the operator's nkey seed file, ``RELAIS_CREDS``), or
-``--data-dir DIR`` for an embedded broker started with ``relais broker up`` (its URL and
-operator seed file are read from there; values of the environment give way to it).
-``--root-public-key`` (``RELAIS_ROOT_PUBLIC_KEY``) pins the root key that the signed
-directory must verify against; ``--json`` prints one JSON document on stdout.
+Broker options, natscli's conventions: ``-s/--server URL`` (environment ``RELAIS_SERVER``,
+else ``NATS_URL``); ``--creds FILE``, a NATS ``.creds`` file (``NATS_CREDS``, or the older
+``RELAIS_CREDS``), or ``--nkey FILE``, a bare user nkey seed file such as the broker's
+``creds/operator.nk`` (``NATS_NKEY``); or ``--data-dir DIR`` for an embedded broker started
+with ``relais broker up`` (its URL and operator seed file are read from there; values of the
+environment or of a saved context give way to it). A seed file given to ``--creds`` is still
+accepted, with a deprecation warning: a bare seed and a ``.creds`` file cannot be mistaken
+for one another. ``--root-public-key`` (``RELAIS_ROOT_PUBLIC_KEY``) pins the root key that
+the signed directory must verify against; ``--json`` prints one JSON document on stdout.
+Options not given on the command line nor in the environment come from the selected
+context (``relais context``).
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ import structlog
 import typer
 
 from relais.agents.keys import MAX_SECRET_FILE_BYTES, read_secret_file
-from relais.broker_config.connection import Connection, connect
+from relais.broker_config.connection import Connection, connect, is_creds_file
 from relais.broker_config.directory import Directory, verify_directory
 from relais.broker_config.embedded import BrokerPaths, read_info, running_pid
-from relais.broker_config.nats_conf import OPERATOR_INBOX
+from relais.broker_config.nats_conf import OPERATOR_INBOX, read_seed_public_key
 from relais.gateway.jetstream import last_for_subject
 from relais.schemas.errors import (
     ConfigError,
     DirectoryError,
+    PermissionDenied,
     Reason,
     RelaisError,
     TransportError,
@@ -48,6 +55,7 @@ __all__ = [
     "DataDirOption",
     "DirectoryFileOption",
     "JsonOption",
+    "NkeyOption",
     "RootKeyOption",
     "ServerOption",
     "TimeoutOption",
@@ -59,6 +67,7 @@ __all__ = [
     "read_directory_file",
     "read_passphrase",
     "reported_errors",
+    "warn",
 ]
 
 EXIT_FAILURE = 1
@@ -71,6 +80,11 @@ def fail(reason: str, message: str, code: int) -> NoReturn:
     """Print one error line on stderr and exit with ``code``."""
     typer.echo(f"error [{reason}]: {message}", err=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr (never on stdout, which carries the output)."""
+    typer.echo(f"warning: {message}", err=True)
 
 
 @contextmanager
@@ -108,7 +122,11 @@ def read_passphrase(
 
 
 def logs_to_stderr() -> None:
-    """Send structlog's default print logger to stderr: stdout carries command output."""
+    """Send structlog's default print logger to stderr: stdout carries command output.
+
+    The ``relais`` command configures logging at start (warnings only unless ``-v``); this
+    covers a command run on its own (its sub-application called directly).
+    """
     if isinstance(structlog.get_config()["logger_factory"], structlog.PrintLoggerFactory):
         structlog.configure(logger_factory=_stderr_logger)
 
@@ -133,10 +151,20 @@ CredsOption = Annotated[
     Path | None,
     typer.Option(
         "--creds",
-        envvar="RELAIS_CREDS",
+        envvar=["NATS_CREDS", "RELAIS_CREDS"],
         show_envvar=True,
         dir_okay=False,
-        help="The operator user's nkey seed file (creds/operator.nk of the broker).",
+        help="A NATS .creds file (user nkey seed block, JWT optional), mode 0600.",
+    ),
+]
+NkeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--nkey",
+        envvar="NATS_NKEY",
+        show_envvar=True,
+        dir_okay=False,
+        help="A bare user nkey seed file, e.g. the broker's creds/operator.nk (0600).",
     ),
 ]
 DataDirOption = Annotated[
@@ -144,7 +172,7 @@ DataDirOption = Annotated[
     typer.Option(
         "--data-dir",
         file_okay=False,
-        help="Data directory of an embedded broker (instead of -s and --creds).",
+        help="Data directory of an embedded broker (instead of -s and --creds/--nkey).",
     ),
 ]
 RootKeyOption = Annotated[
@@ -164,7 +192,9 @@ DirectoryFileOption = Annotated[
         help="Signed directory file (default: the last edition on ref.dir).",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="One JSON document on stdout.", metavar="")
+]
 TimeoutOption = Annotated[
     float,
     typer.Option("--timeout", min=0.5, max=600.0, help="Seconds to wait for the broker."),
@@ -173,7 +203,10 @@ TimeoutOption = Annotated[
 
 @dataclass(frozen=True, slots=True)
 class BrokerTarget:
-    """Where the broker is and whose credentials to use (see :func:`broker_target`)."""
+    """Where the broker is and whose credentials to use (see :func:`broker_target`).
+
+    ``creds``: a bare nkey seed file or a ``.creds`` file (the connection tells them apart).
+    """
 
     url: str
     creds: Path
@@ -189,46 +222,118 @@ def _given(ctx: typer.Context | None, name: str) -> bool:
     return source is not None and source.name not in ("ENVIRONMENT", "DEFAULT", "DEFAULT_MAP")
 
 
-def broker_target(
-    ctx: typer.Context | None, server: str | None, creds: Path | None, data_dir: Path | None
-) -> BrokerTarget:
-    """The broker of ``--data-dir``, or of ``-s`` and ``--creds`` (options or environment).
+def _checked_creds(path: Path) -> Path:
+    """A ``--creds`` file: a ``.creds`` file, or (deprecated) a bare seed file."""
+    if is_creds_file(path):
+        return path
+    try:
+        read_seed_public_key(path)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{path} is not a NATS .creds file (no USER NKEY SEED block) nor an nkey seed"
+        ) from exc
+    warn(f"{path} is a bare nkey seed: give it with --nkey (--creds is for .creds files)")
+    return path
 
-    ``ctx`` tells options typed on the command line from values of the environment, which
-    give way to ``--data-dir``. :class:`ConfigError` for a missing or contradictory choice.
+
+def _checked_nkey(path: Path) -> Path:
+    """A ``--nkey`` file: a bare user nkey seed file."""
+    if is_creds_file(path):
+        raise ConfigError(f"{path} is a .creds file: give it with --creds, not --nkey")
+    read_seed_public_key(path)
+    return path
+
+
+def _credentials(ctx: typer.Context | None, creds: Path | None, nkey: Path | None) -> Path | None:
+    """The credential file of ``--creds`` or ``--nkey``; a typed one wins over a default."""
+    if creds is not None and nkey is not None:
+        typed_creds, typed_nkey = _given(ctx, "creds"), _given(ctx, "nkey")
+        if typed_creds == typed_nkey:
+            raise ConfigError("give --creds FILE or --nkey FILE, not both")
+        creds, nkey = (creds, None) if typed_creds else (None, nkey)
+    if creds is not None:
+        return _checked_creds(creds)
+    return _checked_nkey(nkey) if nkey is not None else None
+
+
+def broker_target(
+    ctx: typer.Context | None,
+    server: str | None,
+    creds: Path | None,
+    data_dir: Path | None,
+    *,
+    nkey: Path | None = None,
+) -> BrokerTarget:
+    """The broker of ``--data-dir``, or of ``-s`` and ``--creds``/``--nkey`` (options,
+    environment or saved context).
+
+    ``ctx`` tells options typed on the command line from other values, which give way to
+    ``--data-dir``. :class:`ConfigError` for a missing or contradictory choice.
     """
     if data_dir is not None:
         typed = [
             flag
-            for flag, name, value in (("-s", "server", server), ("--creds", "creds", creds))
+            for flag, name, value in (
+                ("-s", "server", server),
+                ("--creds", "creds", creds),
+                ("--nkey", "nkey", nkey),
+            )
             if value is not None and _given(ctx, name)
         ]
         if typed:
             raise ConfigError(f"give --data-dir or {' and '.join(typed)}, not both")
         if running_pid(data_dir) is None:
-            raise TransportError(f"no broker is running on {data_dir}", reason=Reason.NOT_CONNECTED)
+            raise TransportError(
+                f"no broker is running on {data_dir}: start it with relais broker up",
+                reason=Reason.NOT_CONNECTED,
+            )
         info = read_info(data_dir)
         return BrokerTarget(info.client_url, BrokerPaths(data_dir).operator_creds, info.monitor_url)
-    if server is None or creds is None:
+    file = _credentials(ctx, creds, nkey)
+    if server is None or file is None:
         raise ConfigError(
-            "which broker? give -s URL and --creds FILE (or RELAIS_SERVER and RELAIS_CREDS),"
-            " or --data-dir DIR"
+            "which broker? give -s URL and --creds FILE or --nkey FILE (or NATS_URL and"
+            " NATS_CREDS/NATS_NKEY, or a context: relais context add), or --data-dir DIR"
         )
-    return BrokerTarget(server, creds)
+    return BrokerTarget(server, file)
 
 
 async def connect_operator(
     target: BrokerTarget, *, wait: float, name: str, inbox_prefix: str = OPERATOR_INBOX
 ) -> Connection:
-    """A connection as the read-only operator user, every wait bounded by ``wait`` seconds."""
-    return await connect(
-        target.url,
-        creds=target.creds,
-        inbox_prefix=inbox_prefix,
-        name=name,
-        connect_timeout=wait,
-        request_timeout=wait,
-    )
+    """A connection as the read-only operator user, every wait bounded by ``wait`` seconds.
+
+    Errors say what to do: credentials the broker does not know, credentials of another
+    user (a partner's: its permissions refuse the operator's inbox), a broker that did not
+    answer within ``wait`` seconds.
+    """
+    try:
+        return await connect(
+            target.url,
+            creds=target.creds,
+            inbox_prefix=inbox_prefix,
+            name=name,
+            connect_timeout=wait,
+            request_timeout=wait,
+        )
+    except PermissionDenied as exc:
+        if "authorization violation" in str(exc):
+            raise PermissionDenied(
+                f"the broker at {target.url} does not know the credentials {target.creds}:"
+                " give the operator's (creds/operator.nk of the broker, with --nkey)"
+            ) from exc
+        raise PermissionDenied(
+            f"{target.creds} are not the operator's credentials (the broker refuses them the"
+            " operator's inbox): give the broker's creds/operator.nk with --nkey"
+        ) from exc
+    except TransportError as exc:
+        if exc.reason is not Reason.NOT_CONNECTED:
+            raise
+        raise TransportError(
+            f"cannot reach the broker at {target.url} within {wait:g} s: is it running?"
+            " (check -s/--server, or give a longer --timeout)",
+            reason=Reason.NOT_CONNECTED,
+        ) from exc
 
 
 def read_directory_file(path: Path | None) -> bytes | None:

@@ -32,6 +32,7 @@ from relais.cli._common import (
     DataDirOption,
     DirectoryFileOption,
     JsonOption,
+    NkeyOption,
     ServerOption,
     TimeoutOption,
     broker_target,
@@ -89,6 +90,7 @@ def verify(
     ],
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     directory: DirectoryFileOption = None,
     anchor: Annotated[
         str | None, typer.Option("--anchor", help="SEQ:HEX of a checkpoint seen before.")
@@ -105,7 +107,7 @@ def verify(
         root = read_root_public_key(root_public_key)
         anchored = Anchor.parse(anchor) if anchor is not None else None
         signed = read_directory_file(directory)
-        target = broker_target(ctx, server, creds, data_dir)
+        target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
         report = asyncio.run(_verify(target, root, signed, anchored, inbox_prefix, timeout))
     if as_json:
         typer.echo(json.dumps(report.to_json()))

@@ -39,6 +39,7 @@ from relais.cli._common import (
     EXIT_FAILURE,
     EXIT_UNREACHABLE,
     CredsOption,
+    NkeyOption,
     ServerOption,
     broker_target,
     logs_to_stderr,
@@ -185,6 +186,7 @@ def status(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     monitor: Annotated[
         str | None, typer.Option("--monitor", help="Monitoring URL (with -s), loopback only.")
     ] = None,
@@ -199,7 +201,7 @@ def status(
     with reported_errors():
         if data_dir is not None and monitor is not None:
             raise ConfigError("--monitor goes with -s, not with --data-dir")
-        target = broker_target(ctx, server, creds, data_dir)
+        target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
     if check:
         broker_check(target, target.monitor_url or monitor, timeout)
     with reported_errors():
@@ -221,10 +223,15 @@ def status(
 
 
 @app.command("down")
-def down(data_dir: DataDirOption, timeout: TimeoutOption = 10.0) -> None:
+def down(
+    data_dir: DataDirOption, timeout: TimeoutOption = 10.0, as_json: JsonOption = False
+) -> None:
     """Stop the server of DATA_DIR: SIGTERM, then SIGKILL after --timeout seconds."""
     with reported_errors():
         pid = broker_down(data_dir, timeout=timeout)
+    if as_json:
+        typer.echo(json.dumps({"stopped": pid is not None, "pid": pid}))
+        return
     typer.echo("no broker running" if pid is None else f"nats-server {pid} stopped")
 
 

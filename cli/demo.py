@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from relais.agents.logs import configure_logging
 from relais.broker_config.embedded import broker_down
-from relais.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, reported_errors
+from relais.cli._common import EXIT_FAILURE, EXIT_USAGE, JsonOption, fail, reported_errors
 from relais.cli._demo_checks import Read
 from relais.cli._demo_scenario import (
     API_PARTNER,
@@ -79,8 +80,9 @@ class _Quiet:
 class _Screen:
     """The flow table, redrawn as flows move on (on a terminal; else printed at the end)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, kept: bool) -> None:
         self.console = console
+        self.kept = kept  # the data directory stays after the demo (--data-dir)
         self.flows: Sequence[Flow] = ()
         self.live: Live | None = None
 
@@ -90,7 +92,8 @@ class _Screen:
         self.console.print(
             f"[bold]relais demo[/]: embedded broker {broker}, gateway (router, tracker, audit"
             f" log), {len(world.agents)} partner agents; runaway alerts must be taken in"
-            f" charge within {DEADLINE_SECONDS} s. Data: {world.root}"
+            f" charge within {DEADLINE_SECONDS} s."
+            + (f" Data: {world.root}" if self.kept else "")  # a temporary one is removed
         )
         if self.console.is_terminal:
             self.live = Live(console=self.console, auto_refresh=False, transient=False)
@@ -117,7 +120,8 @@ class _Screen:
 
 
 def _ms(value: int | None) -> str:
-    return "" if value is None else f"{value:,}".replace(",", " ")
+    # No thousands separator: a space would let "escalated 3 038" wrap inside the number.
+    return "" if value is None else str(value)
 
 
 def _delays(flow: Flow) -> str:
@@ -161,29 +165,35 @@ def _outcome(flow: Flow) -> str:
 
 
 def _parties(flow: Flow) -> str:
+    # One partner id per line: the column never wraps inside an id.
     if flow.claimed_sender is not None:
-        claimed = ", ".join(flow.recipients)
-        return f"{flow.sender} [dim](as {flow.claimed_sender})[/] → [dim]{claimed}[/]"
-    text = f"{flow.sender} → {', '.join(flow.recipients)}"
+        claimed = "\n".join(flow.recipients)
+        return f"{flow.sender}\n[dim](as {flow.claimed_sender})[/] →\n[dim]{claimed}[/]"
+    text = f"{flow.sender} →\n" + "\n".join(flow.recipients)
     if flow.fallback:
-        text += f"\n[dim]fallback: {', '.join(flow.fallback)}[/]"
+        text += "\n[dim]fallback:[/]\n" + "\n".join(f"[dim]{p}[/]" for p in flow.fallback)
     return text
 
 
 def _flow_table(flows: Sequence[Flow]) -> Table:
-    table = Table(title="relais demo: flows (operator's view, no content)", expand=False)
-    table.add_column("#", justify="right")
-    table.add_column("event")
-    table.add_column("sender → recipients", max_width=48)
-    table.add_column("priority")
-    table.add_column("outcome", max_width=44)
-    table.add_column("ms", justify="right")
+    # Readable at 80 columns: nothing is cut (overflow="fold"), ids wrap between partners,
+    # and each delay ("escalated 3038") stays on one line.
+    table = Table(
+        title="relais demo: flows (operator's view, no content)",
+        expand=False,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("event", overflow="fold")
+    table.add_column("sender → recipients", no_wrap=True, overflow="fold")
+    table.add_column("outcome", overflow="fold")
+    table.add_column("ms", justify="right", no_wrap=True)
     for flow in flows:
         table.add_row(
             str(flow.step),
-            f"{flow.event_type}\n[dim]{flow.channel}[/]",
+            f"{flow.event_type}\n{flow.priority or ''}\n[dim]{flow.channel}[/]",
             _parties(flow),
-            flow.priority or "",
             _outcome(flow),
             _delays(flow),
         )
@@ -194,12 +204,15 @@ def _reads_table(flow: Flow, rows: Sequence[Read]) -> Table:
     table = Table(
         title=f"#{flow.step} {flow.event_type}: what each recipient's agent could decrypt",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    for column in ("recipient", "kind", "sections opened", "withheld", "secret fields read"):
-        table.add_column(column)
+    table.add_column("recipient", no_wrap=True, overflow="fold")  # ids whole
+    for column in ("kind", "sections opened", "withheld", "secret fields read"):
+        table.add_column(column, overflow="fold")
     with_canary = any(r.canary_seen is not None for r in rows)
     if with_canary:
-        table.add_column("medical marker")
+        table.add_column("medical marker", overflow="fold")
     for row in rows:
         secret = "; ".join(
             f"{name}: {', '.join(fields[:3])}{'…' if len(fields) > 3 else ''}"
@@ -301,7 +314,7 @@ def _data_dir(given: Path | None) -> Path:
 
 
 def demo(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    as_json: JsonOption = False,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -312,13 +325,17 @@ def demo(
         ),
     ] = None,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log every event handled (stderr).")
+        bool,
+        typer.Option("--verbose", "-v", help="Log every event handled (stderr).", metavar=""),
     ] = False,
 ) -> None:
     """Play the partnership at work on the embedded broker: routing, secrecy, escalation."""
     root = _data_dir(data_dir)
-    configure_logging(level=logging.INFO if verbose else logging.WARNING)
-    reporter: _Quiet | _Screen = _Quiet() if as_json else _Screen(Console())
+    # Warnings only, unless -v here or relais -v / -vv (which also gives debug).
+    configure_logging(level=logging.INFO if verbose else None)
+    reporter: _Quiet | _Screen = (
+        _Quiet() if as_json else _Screen(Console(), kept=data_dir is not None)
+    )
     outcome = _Outcome(signal=signal.SIGINT)
     try:
         with reported_errors():

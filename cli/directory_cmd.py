@@ -61,7 +61,7 @@ from relais.broker_config.directory import (
 )
 from relais.broker_config.edition import rules_of
 from relais.broker_config.rules import load_rules
-from relais.cli._common import read_passphrase, reported_errors
+from relais.cli._common import JsonOption, read_passphrase, reported_errors, warn
 from relais.cli.keys_cmd import PassphraseEnvOption, PassphraseFileOption
 from relais.schemas.domain import PartnerKind
 from relais.schemas.errors import ConfigError
@@ -87,10 +87,26 @@ ValidDaysOption = Annotated[
     int,
     typer.Option("--valid-days", min=1, max=_MAX_VALID_DAYS, help="Key validity from now."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _emit(document: dict[str, Any], **more: Any) -> None:
+    """The ``--json`` document of an editing command."""
+    typer.echo(json.dumps({**document, **more}, ensure_ascii=False))
+
+
+def _positional_partner(argument: str | None, option: str | None) -> str:
+    """The partner id, an argument as everywhere else (``--partner-id`` still read, warned)."""
+    if argument is not None and option is not None:
+        raise ConfigError("give the partner id once, as an argument")
+    if option is not None:
+        warn("--partner-id is deprecated: give the partner id as an argument")
+        return option
+    if argument is None:
+        raise ConfigError("missing argument PARTNER_ID: relais directory add PARTNER_ID ...")
+    return argument
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -176,11 +192,18 @@ def init(
         Path, typer.Option("--root-key", help="Root key file or its .pub.json.", dir_okay=False)
     ],
     out: Annotated[Path, typer.Option("--out", help="Working document to create.", dir_okay=False)],
+    as_json: JsonOption = False,
 ) -> None:
     """Create an empty working document naming the root key (no passphrase needed)."""
     with reported_errors():
         directory = new_directory(partnership, read_public_key(root_key).key_id)
         _save_working(out, directory, overwrite=False)
+    if as_json:
+        _emit(
+            {"working_document": str(out), "partnership": partnership},
+            root_key_id=directory.root_key_id,
+        )
+        return
     typer.echo(
         f"working document {out}: partnership {partnership}, root key {directory.root_key_id}"
     )
@@ -189,7 +212,8 @@ def init(
 @app.command("add")
 def add(
     directory_path: DirectoryOption,
-    partner_id: Annotated[str, typer.Option("--partner-id", help="Partner id.")],
+    partner_id: Annotated[str | None, typer.Argument(help="Partner id.")] = None,
+    *,
     kind: Annotated[PartnerKind, typer.Option("--kind", help="Partner kind.")],
     name: Annotated[str, typer.Option("--name", help="Organisation name.")],
     public_key: Annotated[
@@ -203,10 +227,15 @@ def add(
     nats_nkey: Annotated[
         str | None, typer.Option("--nats-nkey", help="The partner's NATS user public nkey.")
     ] = None,
+    partner_id_option: Annotated[
+        str | None, typer.Option("--partner-id", hidden=True, help="Deprecated: the argument.")
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Add a partner with its first key, valid from now for --valid-days."""
     departements = departement or []
     with reported_errors():
+        partner_id = _positional_partner(partner_id, partner_id_option)
         _check_departements(departements)
         directory = _load_working(directory_path)
         public = _public_key_for(public_key, partner_id)
@@ -220,6 +249,9 @@ def add(
             nats_nkey=nats_nkey,
         )
         _save_working(directory_path, add_partner(directory, partner))
+    if as_json:
+        _emit({"added": partner_id, "kind": kind.value}, key_id=key.key_id)
+        return
     typer.echo(f"added {partner_id} ({kind.value}) with key {key.key_id}")
 
 
@@ -231,6 +263,7 @@ def add_key_cmd(
         Path, typer.Option("--public-key", help="The new .pub.json.", dir_okay=False)
     ],
     valid_days: ValidDaysOption = 365,
+    as_json: JsonOption = False,
 ) -> None:
     """Add a new key to a partner (rotation: the newest valid key is used for sealing)."""
     with reported_errors():
@@ -238,6 +271,9 @@ def add_key_cmd(
         public = _public_key_for(public_key, partner_id)
         key = new_partner_key(public.sign_pk, public.box_pk, **_validity(valid_days))
         _save_working(directory_path, add_key(directory, partner_id, key))
+    if as_json:
+        _emit({"partner": partner_id}, key_id=key.key_id)
+        return
     typer.echo(f"added key {key.key_id} to {partner_id}")
 
 
@@ -248,6 +284,7 @@ def revoke(
     key_id: Annotated[
         str | None, typer.Option("--key-id", help="Revoke only this key of the partner.")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Revoke a partner, or one of its keys (kept in the directory, marked revoked)."""
     with reported_errors():
@@ -257,6 +294,9 @@ def revoke(
         else:
             updated = revoke_key(directory, partner_id, key_id)
         _save_working(directory_path, updated)
+    if as_json:
+        _emit({"revoked": partner_id}, key_id=key_id)
+        return
     typer.echo(f"revoked {partner_id}" + (f" key {key_id}" if key_id else ""))
 
 
@@ -279,6 +319,7 @@ def sign(
         int,
         typer.Option("--valid-for-days", min=1, max=366, help="Validity of the edition."),
     ] = DEFAULT_VALIDITY.days,
+    as_json: JsonOption = False,
 ) -> None:
     """Sign the next edition (directory and rules): bump the serial, write the signed file."""
     with reported_errors():
@@ -294,6 +335,13 @@ def sign(
         signed = sign_directory(edition, root)  # refuses a root key the document does not name
         _save_working(directory_path, edition)
         write_atomic(out, signed, mode=0o644, overwrite=True)
+    if as_json:
+        _emit(
+            {"signed": str(out), "serial": edition.serial, "partners": len(edition.partners)},
+            rules_version=version,
+            valid_until=format_utc(edition.valid_until),
+        )
+        return
     typer.echo(
         f"signed serial {edition.serial} ({len(edition.partners)} partners, rules version"
         f" {version}, valid until {format_utc(edition.valid_until)}) -> {out}"

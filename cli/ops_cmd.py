@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -45,11 +46,13 @@ from relais.broker_config.directory import Directory, Partner
 from relais.cli._checks import NAGIOS_CRITICAL, NAGIOS_OK, NAGIOS_UNKNOWN, NAGIOS_WARNING
 from relais.cli._common import (
     EXIT_FAILURE,
+    EXIT_USAGE,
     BrokerTarget,
     CredsOption,
     DataDirOption,
     DirectoryFileOption,
     JsonOption,
+    NkeyOption,
     RootKeyOption,
     ServerOption,
     TimeoutOption,
@@ -85,10 +88,13 @@ __all__ = [
     "trace",
 ]
 
-_WIDE: Final = 200  # columns when stdout is not a terminal: ids are never cut
 _DURATION_RE: Final = re.compile(r"([0-9]{1,9})([smhdw])")
 _UNIT_MS: Final = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _EVENT_TYPE_NAMES: Final = tuple(sorted(t.value for t in EVENT_TYPES))
+
+
+# -s, --creds, --nkey, --data-dir, --timeout as a command received them
+_BrokerOptions = tuple[str | None, Path | None, Path | None, Path | None, float]
 
 
 class By(StrEnum):
@@ -174,7 +180,7 @@ async def _load_async(
 
 def _load(
     ctx: typer.Context,
-    broker: tuple[str | None, Path | None, Path | None, float],
+    broker: _BrokerOptions,
     root_key: str | None,
     directory_file: Path | None,
     *,
@@ -183,7 +189,7 @@ def _load(
 ) -> _Loaded:
     """Read the audit log (and directory, backlog) from the broker the options name.
 
-    ``broker``: ``(server, creds, data_dir, timeout)`` as the command received them.
+    ``broker``: ``(server, creds, nkey, data_dir, timeout)`` as the command received them.
     """
     if directory_file is not None and root_key is None:
         raise ConfigError("--directory needs --root-public-key (or RELAIS_ROOT_PUBLIC_KEY)")
@@ -194,8 +200,8 @@ def _load(
         )
     root = read_root_public_key(root_key) if root_key is not None else None
     signed = read_directory_file(directory_file)
-    server, creds, data_dir, wait = broker
-    target = broker_target(ctx, server, creds, data_dir)
+    server, creds, nkey, data_dir, wait = broker
+    target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
     with _progress() as progress:
         loaded = asyncio.run(
             _load_async(
@@ -220,8 +226,8 @@ def _load(
 
 
 def _console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=_WIDE)
+    # Piped: COLUMNS if set, else 80 (rich's default); the tables fold rather than cut.
+    return Console()
 
 
 def _emit(document: dict[str, Any]) -> None:
@@ -247,36 +253,41 @@ def _duration(ms: int | None) -> str:
 
 
 def _recipients_cell(flow: Flow) -> str:
-    return ", ".join(
-        f"{d.partner}{'*' if d.role == 'fallback' else ''}:{d.state.value.lower()}"
+    return "\n".join(
+        f"{d.partner}{'*' if d.role == 'fallback' else ''}: {d.state.value.lower()}"
         for _, d in sorted(flow.deliveries.items())
     )
 
 
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A table that stays readable at 80 columns: nothing is ever cut (``overflow="fold"``);
+    ids are never wrapped at a hyphen, only folded when they cannot fit at all."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _timing(flow: Flow, now_ms: int, late: bool) -> str:
+    if late:
+        return f"late by {_duration(now_ms - (flow.deadline_at or now_ms))}"
+    if flow.first_taken_at is not None:
+        return f"taken after {_duration(flow.first_taken_at - flow.routed_at)}"
+    if flow.deadline_at is not None:
+        return f"due {_when(flow.deadline_at)}"
+    return "-"
+
+
 def _flow_table(title: str, rows: list[Flow], now_ms: int, *, late: bool = False) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("event", "type", "sender", "prio", "dép.", "status", "routed"):
-        table.add_column(column, no_wrap=column in ("event", "routed"))
-    table.add_column("late by" if late else "deadline / taken after")
-    table.add_column("recipients (* fallback)")
+    # Three columns, a few lines per event: the event id (36 characters) stays whole at 80.
+    table = _table("event / type / status", "sender / when", "recipients (* fallback)", title=title)
+    table.columns[0].no_wrap = True
     for flow in rows:
-        if late:
-            timing = _duration(now_ms - (flow.deadline_at or now_ms))
-        elif flow.first_taken_at is not None:
-            timing = f"taken after {_duration(flow.first_taken_at - flow.routed_at)}"
-        elif flow.deadline_at is not None:
-            timing = f"due {_when(flow.deadline_at)}"
-        else:
-            timing = "-"
+        status = flow.status.value + (" (escalated)" if flow.escalation and flow.taken else "")
         table.add_row(
-            flow.event_id,
-            flow.event_type,
-            flow.sender,
-            flow.priority,
-            flow.departement or "-",
-            flow.status.value + (" (escalated)" if flow.escalation and flow.taken else ""),
-            _when(flow.routed_at),
-            timing,
+            f"{flow.event_id}\n{flow.event_type}\n{status}",
+            f"{flow.sender}\n{flow.priority} dép. {flow.departement or '-'}\n"
+            f"routed {_when(flow.routed_at)}\n{_timing(flow, now_ms, late)}",
             _recipients_cell(flow),
         )
     return table
@@ -320,6 +331,7 @@ def flows(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -331,7 +343,7 @@ def flows(
     with reported_errors():
         _check_type(event_type)
         since_ms = _since_ms(since, _now_ms())
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     found = loaded.book.flows(event_type=event_type, partner=partner, since_ms=since_ms)
     shown = found[:limit] if limit else found
     quarantined = len(loaded.book.quarantine())
@@ -355,8 +367,13 @@ def flows(
 def _parse_event_id(text: str) -> str:
     try:
         return str(uuid.UUID(text))
-    except ValueError as exc:
-        raise ConfigError(f"not an event id (UUID): {text!r}") from exc
+    except ValueError:
+        # Not CONFIG_INVALID: nothing is wrong with the configuration, the argument is.
+        fail(
+            "INVALID_EVENT_ID",
+            f"not an event id: {text[:40]!r}; give a UUID as relais flows shows it",
+            EXIT_USAGE,
+        )
 
 
 def _print_trace(found: Trace) -> None:
@@ -372,7 +389,7 @@ def _print_trace(found: Trace) -> None:
             console.print("routing: " + ", ".join(f"{k}={v}" for k, v in flow.routing.items()))
     else:
         console.print(f"{found.event_id}: refused, never routed")
-    table = Table("time (UTC)", "step", "partner", "detail")
+    table = _table("time (UTC)", "step", "partner", "detail")
     for step in found.steps:
         table.add_row(_when(step.at), step.step, step.partner or "", step.detail)
     console.print(table)
@@ -383,6 +400,7 @@ def trace(
     event_id: Annotated[str, typer.Argument(help="The event id (UUID).")],
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -393,7 +411,7 @@ def trace(
     logs_to_stderr()
     with reported_errors():
         wanted = _parse_event_id(event_id)
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     found = loaded.book.trace(wanted)
     if found is None:
         fail("EVENT_NOT_FOUND", f"the audit log has no record of event {wanted}", EXIT_FAILURE)
@@ -410,6 +428,7 @@ def pending(
     ctx: typer.Context,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -419,7 +438,7 @@ def pending(
     """Events nobody took in charge yet whose deadline (if any) has not passed."""
     logs_to_stderr()
     with reported_errors():
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     now = loaded.now_ms
     rows = loaded.book.pending(now)
     if as_json:
@@ -443,6 +462,7 @@ def overdue(
     ctx: typer.Context,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -453,9 +473,9 @@ def overdue(
     """Events past their deadline that nobody took in charge, escalated or not."""
     logs_to_stderr()
     if check:
-        _overdue_check(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        _overdue_check(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     with reported_errors():
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     now = loaded.now_ms
     rows = loaded.book.overdue(now)
     if as_json:
@@ -482,7 +502,7 @@ CheckOption = Annotated[
 
 def _overdue_check(
     ctx: typer.Context,
-    broker: tuple[str | None, Path | None, Path | None, float],
+    broker: _BrokerOptions,
     root_key: str | None,
     directory_file: Path | None,
 ) -> NoReturn:
@@ -540,6 +560,7 @@ def partners(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -551,7 +572,7 @@ def partners(
     with reported_errors():
         loaded = _load(
             ctx,
-            (server, creds, data_dir, timeout),
+            (server, creds, nkey, data_dir, timeout),
             root_public_key,
             directory,
             need_directory="partners",
@@ -573,9 +594,10 @@ def partners(
     if as_json:
         _emit({"now": loaded.now_ms, "partnership": loaded.directory.partnership, "partners": rows})
         return
-    columns = ("partner", "kind", "départements", "queued F/U/R", "awaiting", "overdue", "name")
+    columns = ("partner", "kind", "dép.", "queued F/U/R", "awaiting", "overdue", "name")
     title = f"{loaded.directory.partnership}: {len(rows)} partners"
-    table = Table(*columns, title=title, title_justify="left")
+    table = _table(*columns, title=title)
+    table.columns[0].no_wrap = True
     for row in rows:
         queued = "/".join(str(row["queued"][p.label]) for p in Priority)
         table.add_row(
@@ -591,18 +613,16 @@ def partners(
 
 
 def _quarantine_table(rows: list[QuarantineEntry]) -> Table:
-    columns = ("time (UTC)", "reason", "sender", "claimed sender", "event", "type", "ingress seq")
-    title = f"{len(rows)} refused events, newest first"
-    table = Table(*columns, title=title, title_justify="left")
+    # Two lines per event, as in the flow tables: the event id stays whole at 80 columns.
+    columns = ("event / type", "reason", "sender / claimed", "time (UTC) / ingress seq")
+    table = _table(*columns, title=f"{len(rows)} refused events, newest first")
+    table.columns[0].no_wrap = True
     for q in rows:
         table.add_row(
-            _when(q.at),
+            f"{q.event_id or '-'}\n{q.event_type or '-'}",
             q.reason,
-            q.sender,
-            q.claimed_sender or "-",
-            q.event_id or "-",
-            q.event_type or "-",
-            str(q.ingress_seq or "-"),
+            f"{q.sender}\n{q.claimed_sender or '-'}",
+            f"{_when(q.at)}\n{q.ingress_seq or '-'}",
         )
     return table
 
@@ -615,6 +635,7 @@ def quarantine(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -626,7 +647,7 @@ def quarantine(
     with reported_errors():
         if reason is not None and reason not in Reason.__members__:
             raise ConfigError(f"not a reason code: {reason}")
-        loaded = _load(ctx, (server, creds, data_dir, timeout), root_public_key, directory)
+        loaded = _load(ctx, (server, creds, nkey, data_dir, timeout), root_public_key, directory)
     rows = loaded.book.quarantine(reason=reason)
     counts: dict[str, int] = {}
     for q in rows:
@@ -668,12 +689,12 @@ def _print_stats(document: dict[str, Any]) -> None:
     for by in By:
         key = f"by_{by.value}"
         if key in document:
-            table = Table(by.value, "events", title=f"by {by.value}", title_justify="left")
+            table = _table(by.value, "events", title=f"by {by.value}")
             for name, count in document[key].items():
                 table.add_row(name, str(count))
             console.print(table)
     columns = ("partner kind", "samples", "median", "90th percentile")
-    table = Table(*columns, title="take-in-charge delays", title_justify="left")
+    table = _table(*columns, title="take-in-charge delays")
     for kind, d in document["delays"].items():
         table.add_row(kind, str(d["samples"]), _duration(d["median_ms"]), _duration(d["p90_ms"]))
     console.print(table)
@@ -687,6 +708,7 @@ def stats(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     root_public_key: RootKeyOption = None,
     directory: DirectoryFileOption = None,
@@ -698,7 +720,7 @@ def stats(
     with reported_errors():
         loaded = _load(
             ctx,
-            (server, creds, data_dir, timeout),
+            (server, creds, nkey, data_dir, timeout),
             root_public_key,
             directory,
             need_directory="stats",

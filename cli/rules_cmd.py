@@ -33,6 +33,7 @@ from relais.cli._common import (
     CredsOption,
     DataDirOption,
     JsonOption,
+    NkeyOption,
     ServerOption,
     TimeoutOption,
     broker_target,
@@ -133,6 +134,7 @@ def explain(
     ] = None,
     server: ServerOption = None,
     creds: CredsOption = None,
+    nkey: NkeyOption = None,
     data_dir: DataDirOption = None,
     timeout: TimeoutOption = 10.0,
     as_json: JsonOption = False,
@@ -146,7 +148,7 @@ def explain(
         if signed is not None:
             verified = verify_directory(signed, root, now_ms=to_ms(utc_now()))
         else:
-            target = broker_target(ctx, server, creds, data_dir)
+            target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
             verified = asyncio.run(_directory_from_broker(target, root, timeout))
         rules = load_rules(rules_file) if rules_file is not None else rules_of(verified)
         decision = rules.decide(
