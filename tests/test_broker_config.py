@@ -180,6 +180,8 @@ def test_public_listener_needs_tls(tmp_path, nkey_factory) -> None:
     assert config["tls"] == {
         "cert_file": str(tmp_path / "c.pem"),
         "key_file": str(tmp_path / "k.pem"),
+        "timeout": 5.0,
+        "handshake_first": "500ms",  # TLS first for relais clients
     }
     assert config["http"].startswith("127.0.0.1:")  # monitoring stays on loopback
 
@@ -321,7 +323,7 @@ async def test_provisioning_is_idempotent(broker_factory, directory_builder):
         report = await provision(gateway.jetstream(), td.directory, limits=broker.storage)
         expected = len(STREAMS) + len(consumers_for(td.directory))
         assert (report.created, report.updated, report.conflicts, report.kept) == ([], [], [], [])
-        assert len(report.unchanged) == expected == 8 + 3 + 2 * 3
+        assert len(report.unchanged) == expected == 9 + 3 + 2 * 3  # LEASES: the 9th stream
         for spec in STREAMS:
             config = (await gateway.api(f"$JS.API.STREAM.INFO.{spec.name}"))["config"]
             assert config["storage"] == "file"
