@@ -16,7 +16,7 @@ from typing import Final
 import stamina
 import structlog
 
-from relais.broker_config.connection import Connection, connect
+from relais.broker_config.connection import ClientTls, Connection, connect
 from relais.broker_config.nats_conf import inbox_prefix
 from relais.schemas.errors import ConfigError, Reason, TransportError
 
@@ -37,6 +37,7 @@ class Link:
         *,
         connect_timeout: float,
         request_timeout: float,
+        tls: ClientTls | None = None,
     ) -> None:
         """Describe the connection to open (nothing happens before :meth:`run`)."""
         self._partner_id = partner_id
@@ -44,6 +45,7 @@ class Link:
         self._creds = creds
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
+        self._tls = tls
         self._conn: Connection | None = None
 
     @property
@@ -82,6 +84,7 @@ class Link:
                         name=self._partner_id,
                         connect_timeout=self._connect_timeout,
                         request_timeout=self._request_timeout,
+                        tls=self._tls,
                     )
                 except ConfigError:
                     raise  # bad creds file: retrying cannot help

@@ -110,6 +110,7 @@ class Agent:
             settings.creds,
             connect_timeout=settings.connect_timeout_seconds,
             request_timeout=settings.request_timeout_seconds,
+            tls=settings.broker_tls,
         )
         self._keyring: Keyring | None = None
         self._watch: DirectoryWatch | None = None

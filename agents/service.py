@@ -120,6 +120,7 @@ async def _check_credentials(settings: AgentSettings) -> None:
             connect_timeout=min(settings.connect_timeout_seconds, _CHECK_CONNECT_SECONDS),
             request_timeout=min(settings.request_timeout_seconds, _CHECK_CONNECT_SECONDS),
             max_reconnect_attempts=0,
+            tls=settings.broker_tls,
         )
     except PermissionDenied as exc:
         raise PermissionDenied(

@@ -9,6 +9,9 @@ Example ``agent.toml`` (relative paths are relative to the file)::
     directory_file = "directory.json"       # the signed directory to start with
     nats_url = "nats://127.0.0.1:4222"      # several: comma-separated
     creds = "creds/crip-93.nk"              # the partner's NATS user nkey seed (0600)
+    # tls_ca_file = "tls/ca.crt"            # the partnership CA: the broker is verified
+    # tls_client_cert_file = "tls/crip-93.crt"   # for a broker with mutual TLS
+    # tls_client_key_file = "tls/crip-93.key"    #   (0600)
     data_dir = "var/crip-93"                # SQLite outbox and inbox, directory cache
     api_host = "127.0.0.1"                  # loopback unless api_allow_remote = true
     api_port = 8470                         # 0: chosen by the system (see data_dir/api.json)
@@ -52,6 +55,7 @@ from pydantic_settings import (
 )
 
 from relais.agents.keys import read_secret_file
+from relais.broker_config.connection import ClientTls
 from relais.schemas.domain import PARTNER_ID_RE
 from relais.schemas.errors import ConfigError
 
@@ -69,6 +73,9 @@ _PATH_FIELDS: Final = (
     "passphrase_file",
     "directory_file",
     "creds",
+    "tls_ca_file",
+    "tls_client_cert_file",
+    "tls_client_key_file",
     "data_dir",
     "api_token_file",
     "webhook_secret_file",
@@ -133,6 +140,10 @@ class AgentSettings(BaseSettings):
     directory_file: Path
     nats_url: str = "nats://127.0.0.1:4222"
     creds: Path
+    # TLS to the broker: its certificate verified against the partnership CA
+    tls_ca_file: Path | None = None
+    tls_client_cert_file: Path | None = None
+    tls_client_key_file: Path | None = None
     data_dir: Path
     rules_file: Path | None = None
     # local HTTP API
@@ -193,7 +204,18 @@ class AgentSettings(BaseSettings):
                 raise ValueError("webhook_url must be an http(s) URL")
         if self.webhook_backoff_max_seconds < self.webhook_backoff_initial_seconds:
             raise ValueError("webhook backoff: the maximum is below the initial delay")
+        if (self.tls_client_cert_file is None) != (self.tls_client_key_file is None):
+            raise ValueError("tls_client_cert_file and tls_client_key_file go together")
+        if self.tls_client_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError("a TLS client certificate needs tls_ca_file")
         return self
+
+    @property
+    def broker_tls(self) -> ClientTls | None:
+        """TLS to the broker (``None``: as the URLs and ``NATS_CA`` say)."""
+        if self.tls_ca_file is None:
+            return None
+        return ClientTls(self.tls_ca_file, self.tls_client_cert_file, self.tls_client_key_file)
 
     @property
     def servers(self) -> list[str]:

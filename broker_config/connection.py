@@ -33,6 +33,15 @@ operations case-insensitively, and reported with the subject the caller used.
 
 A gateway connection must also call :func:`require_sync_always` on the server's monitoring
 endpoint. Nothing here logs payloads.
+
+TLS (:class:`ClientTls`): the server's certificate is verified against the partnership CA
+(``ca_file``; host name or IP address checked), a client certificate is presented when one
+is configured (mutual TLS), and the handshake comes first (the server is configured with
+``handshake_first``): nothing is sent or read in plaintext, so a server that does not speak
+TLS is refused rather than used without it. Without an explicit ``tls``, :func:`connect`
+takes natscli's environment variables ``NATS_CA``, ``NATS_CERT`` and ``NATS_KEY`` (what the
+operator's CLI uses against a broker with TLS). A certificate that does not verify ends
+``connect`` at once with :class:`TransportError` (``NOT_CONNECTED``), saying so.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import itertools
 import json
 import os
 import re
+import ssl
 import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,6 +77,7 @@ from relais.schemas.errors import ConfigError, PermissionDenied, Reason, Transpo
 
 __all__ = [
     "STORAGE_LIMIT_CODES",
+    "ClientTls",
     "Connection",
     "Denial",
     "PubAck",
@@ -117,10 +128,51 @@ class PubAck:
     duplicate: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """How a client verifies the broker (``ca_file``) and, for mutual TLS, proves itself."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("a TLS client certificate and its key go together")
+
+    @classmethod
+    def from_environment(cls) -> ClientTls | None:
+        """natscli's ``NATS_CA`` (and ``NATS_CERT``/``NATS_KEY``), or ``None`` when unset."""
+        ca = os.environ.get("NATS_CA")
+        if not ca:
+            return None
+        cert, key = os.environ.get("NATS_CERT"), os.environ.get("NATS_KEY")
+        return cls(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
+
+    def context(self) -> ssl.SSLContext:
+        """An :class:`ssl.SSLContext` trusting only the CA (TLS 1.2 at least, names checked)."""
+        try:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+            if self.cert_file is not None and self.key_file is not None:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS files ({self.ca_file}...): {exc}") from exc
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
 def translate_error(exc: BaseException, what: str) -> TransportError:
     """The relais error for a nats-py exception raised while doing ``what``."""
     if isinstance(exc, nats.errors.AuthorizationError):
         return PermissionDenied(f"{what}: authorization violation")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TransportError(
+            f"{what}: the broker's TLS certificate does not verify against the CA"
+            f" ({exc.verify_message})",
+            reason=Reason.NOT_CONNECTED,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return TransportError(f"{what}: TLS refused ({exc.reason})", reason=Reason.NOT_CONNECTED)
     if isinstance(exc, TimeoutError):  # nats.errors.TimeoutError is one too
         return TransportError(f"{what}: timeout", reason=Reason.TIMEOUT)
     if isinstance(exc, nats.errors.NoRespondersError):
@@ -215,6 +267,7 @@ class Connection:
         self._unclaimed: list[Denial] = []
         self._auth_failed: asyncio.Future[None] | None = None
         self._limit_refused = False
+        self._tls_refused: ssl.SSLError | None = None
         self._mux_sub: Subscription | None = None
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
@@ -249,6 +302,13 @@ class Connection:
 
     async def _on_error(self, exc: Exception) -> None:
         text = str(exc)
+        if isinstance(exc, ssl.SSLError) and self._auth_failed is not None:
+            # A certificate that does not verify will not verify on the next attempt either:
+            # connect() says so now instead of retrying until its deadline.
+            self._tls_refused = exc
+            if not self._auth_failed.done():
+                self._auth_failed.set_result(None)
+            return
         match = _DENIAL_RE.search(text)
         if match:
             self._denied(Denial(match.group(1).lower(), match.group(2)))
@@ -401,6 +461,8 @@ class Connection:
         self._closing = True  # never connected: its closing is not a disconnection to report
         with contextlib.suppress(nats.errors.Error):
             await self._nc.close()
+        if auth_failed and self._tls_refused is not None:
+            raise translate_error(self._tls_refused, f"{self._name}: connect")
         if auth_failed and self._limit_refused:
             raise TransportError(
                 f"{self._name}: too many connections for this identity",
@@ -795,6 +857,7 @@ async def connect(
     request_timeout: float = 5.0,
     max_reconnect_attempts: int = -1,
     reconnect_time_wait: float = 0.5,
+    tls: ClientTls | None = None,
 ) -> Connection:
     """Connect with ``creds``, a user nkey seed file or a NATS ``.creds`` file (see
     :func:`read_user_credentials`), and return a :class:`Connection`.
@@ -804,9 +867,13 @@ async def connect(
     subscription is checked at once and a wrong prefix raises :class:`PermissionDenied`, as
     does an unknown or revoked user. Unreachable servers raise :class:`TransportError`
     (``NOT_CONNECTED``) after ``connect_timeout`` seconds; once connected, reconnection is
-    automatic (forever by default).
+    automatic (forever by default). ``tls``: verify the broker against the partnership CA
+    (default: :meth:`ClientTls.from_environment`; see the module docstring).
     """
     auth = _auth_options(creds)
+    tls = tls or ClientTls.from_environment()
+    if tls is not None:
+        auth = {**auth, "tls": tls.context(), "tls_handshake_first": True}
     urls = [servers] if isinstance(servers, str) else list(servers)
     conn = Connection(inbox_prefix=inbox_prefix, name=name, request_timeout=request_timeout)
     await conn._open(

@@ -13,11 +13,15 @@ Data directory (mode 0700)::
     nats-server.pid      pid of the detached server
     nats-server.log      its log (appended)
     broker.json          where it listens, for ``status``, ``reload`` and ``down``
+    network.json         listen address and ports, monitoring port, TLS files: given to
+                         ``up`` once, reused by every restart (:mod:`.network`)
     storage.json         the streams' storage limits, fitted to the disk at the first start
     directory.json       the signed directory in use, and root.pub the root key it verifies against
     lock                 flock(2) held by the running server
 
-Ports are chosen by the operating system (``-1``) and learnt from the ports file. The lock is
+Without ``--listen``, the first start lets the operating system choose the ports (``-1``),
+learns them from the ports file and records them in ``network.json``: later starts listen on
+the same ports, so the URL given to agents and the gateway stays right. The lock is
 taken before the server is spawned and its file descriptor is inherited by the server, so the
 lock lives exactly as long as the server process: a second ``up`` on the same data directory
 is refused, and a SIGKILL-ed server leaves no stale lock (a stale pid file is never trusted:
@@ -51,7 +55,8 @@ import httpx
 import structlog
 
 from relais.broker_config.accounts import expiring_partners, partner_users
-from relais.broker_config.connection import connect, require_sync_always
+from relais.broker_config.cluster import StreamCluster, read_stream_clusters
+from relais.broker_config.connection import ClientTls, connect, require_sync_always
 from relais.broker_config.directory import Directory, verify_directory
 from relais.broker_config.nats_conf import (
     GATEWAY_INBOX,
@@ -66,6 +71,7 @@ from relais.broker_config.nats_conf import (
     write_config,
     write_private_file,
 )
+from relais.broker_config.network import NetworkSettings
 from relais.broker_config.streams import (
     ConsumerStatus,
     ProvisionReport,
@@ -177,6 +183,15 @@ class BrokerPaths:
         return self.data_dir / "root.pub"
 
     @property
+    def network_file(self) -> Path:
+        """Listen address, ports and TLS, recorded for restarts."""
+        return self.data_dir / "network.json"
+
+    def network(self) -> NetworkSettings:
+        """The recorded network settings (loopback, ports chosen at first start, if none)."""
+        return NetworkSettings.load(self.network_file) or NetworkSettings()
+
+    @property
     def lock_file(self) -> Path:
         """Locked by the running server."""
         return self.data_dir / "lock"
@@ -206,6 +221,7 @@ class BrokerInfo:
     monitor_url: str
     creds_dir: str
     sync_always: bool
+    tls_ca_file: str | None = None  # the CA clients verify the server against (with TLS)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -480,10 +496,21 @@ def _store_directory(paths: BrokerPaths, signed: bytes, root_public_key: bytes) 
 
 
 def _write_server_config(
-    paths: BrokerPaths, directory: Directory | None, *, sync_always: bool
+    paths: BrokerPaths,
+    directory: Directory | None,
+    *,
+    sync_always: bool,
+    network: NetworkSettings | None = None,
 ) -> None:
+    net = network or paths.network()
     settings = ServerSettings(
-        store_dir=paths.store_dir, ports_file_dir=paths.ports_dir, sync_always=sync_always
+        store_dir=paths.store_dir,
+        ports_file_dir=paths.ports_dir,
+        sync_always=sync_always,
+        host=net.host,
+        port=net.port,
+        monitor_port=net.monitor_port,
+        tls=net.tls,
     )
     config = build_config(
         directory, services=ensure_service_seeds(paths.creds_dir), settings=settings
@@ -510,15 +537,17 @@ async def provision_as_admin(
     allow_unsafe: bool = False,
     replicas: int = 1,
     limits: StorageLimits | None = None,
+    tls: ClientTls | None = None,
 ) -> ProvisionReport:
     """Check durability, connect as the administrator and provision streams and consumers.
 
     ``limits``: the streams' storage limits (default: :class:`StorageLimits` fitted to the
-    free space of this machine's disk, for an embedded broker).
+    free space of this machine's disk, for an embedded broker). ``tls``: how to verify the
+    broker (see :func:`~relais.broker_config.connection.connect`).
     """
     await require_sync_always(monitor_url, allow_unsafe=allow_unsafe)
     conn = await connect(
-        servers, creds=admin_creds, inbox_prefix=GATEWAY_INBOX, name="relais-provision"
+        servers, creds=admin_creds, inbox_prefix=GATEWAY_INBOX, name="relais-provision", tls=tls
     )
     try:
         return await provision(conn.jetstream(), directory, replicas=replicas, limits=limits)
@@ -530,7 +559,12 @@ async def provision_as_admin(
 
 
 def _spawn_locked(
-    paths: BrokerPaths, signed: bytes | None, root_public_key: bytes | None, *, sync_always: bool
+    paths: BrokerPaths,
+    signed: bytes | None,
+    root_public_key: bytes | None,
+    *,
+    sync_always: bool,
+    network: NetworkSettings,
 ) -> tuple[Directory | None, int]:
     """Lock the data directory, write the configuration, spawn the server holding the lock."""
     paths.create()
@@ -539,7 +573,7 @@ def _spawn_locked(
         raise ConfigError(f"a broker is already running on {paths.data_dir}")
     try:
         verified = _load_directory(paths, signed, root_public_key)
-        _write_server_config(paths, verified, sync_always=sync_always)
+        _write_server_config(paths, verified, sync_always=sync_always, network=network)
         _clear_ports(paths.ports_dir)
         pid = spawn_server(paths.config_file, log_file=paths.log_file, inherit_fd=lock_fd)
     finally:
@@ -559,38 +593,50 @@ async def broker_up(
     root_public_key: bytes | None = None,
     sync_always: bool = True,
     ready_timeout: float = 30.0,
+    network: NetworkSettings | None = None,
 ) -> tuple[BrokerInfo, ProvisionReport]:
     """Start the embedded broker on ``data_dir``, wait until healthy, provision it.
 
     ``directory``: a signed directory file's bytes, verified against ``root_public_key``
     (an edition older than the stored one is refused; a different root key replaces the
     pinned one, which only ``up`` may do); without it the stored directory is used, if any.
-    Refuses (:class:`ConfigError`) when a server already runs on ``data_dir``.
-    ``sync_always=False`` is for development only.
+    ``network``: where to listen and the TLS files (default: what ``network.json`` records,
+    else loopback with ports chosen now and recorded); a listener outside loopback without
+    TLS is refused. Refuses (:class:`ConfigError`) when a server already runs on
+    ``data_dir``. ``sync_always=False`` is for development only.
     """
     paths = BrokerPaths(data_dir)
-    verified, pid = _spawn_locked(paths, directory, root_public_key, sync_always=sync_always)
+    net = network or paths.network()
+    net.check()
+    verified, pid = _spawn_locked(
+        paths, directory, root_public_key, sync_always=sync_always, network=net
+    )
     try:
         server = await asyncio.to_thread(
             wait_ready, pid, ports_dir=paths.ports_dir, timeout=ready_timeout
         )
+        net = net.with_ports(_port_of(server.client_url), _port_of(server.monitor_url))
+        client_url = net.client_url()
         report = await provision_as_admin(
-            server.client_url,
+            client_url,
             admin_creds=paths.admin_creds,
             monitor_url=server.monitor_url,
             directory=verified,
             allow_unsafe=not sync_always,
             limits=_storage_limits(paths),
+            tls=net.client_tls(),
         )
         if directory is not None and root_public_key is not None:
             _store_directory(paths, directory, root_public_key)
+        net.save(paths.network_file)
         info = BrokerInfo(
             data_dir=str(data_dir),
             pid=server.pid,
-            client_url=server.client_url,
+            client_url=client_url,
             monitor_url=server.monitor_url,
             creds_dir=str(paths.creds_dir),
             sync_always=sync_always,
+            tls_ca_file=str(net.tls.ca_file) if net.tls and net.tls.ca_file else None,
         )
         write_private_file(paths.state_file, json.dumps(info.to_json()).encode())
     except BaseException:
@@ -598,6 +644,27 @@ async def broker_up(
         raise
     _log.info("broker.up", pid=server.pid, client=server.client_url, sync_always=sync_always)
     return info, report
+
+
+def _network_in_force(paths: BrokerPaths) -> NetworkSettings:
+    """The recorded settings with the ports of the running configuration.
+
+    nats-server refuses a reload that changes a port, even from ``-1`` (chosen at start) to
+    the port it chose: the recorded ports apply from the next start.
+    """
+    try:
+        config = json.loads(paths.config_file.read_text())
+        port, monitor = int(config["port"]), int(str(config["http"]).rsplit(":", 1)[1])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ConfigError(f"{paths.config_file} is damaged") from exc
+    return paths.network().model_copy(update={"port": port, "monitor_port": monitor})
+
+
+def _port_of(url: str) -> int:
+    try:
+        return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    except (IndexError, ValueError) as exc:
+        raise TransportError(f"nats-server reports no port in {url!r}") from exc
 
 
 def broker_down(data_dir: Path, *, timeout: float = 10.0) -> int | None:
@@ -684,7 +751,9 @@ async def broker_reload(
         # The pinned root changes only through an explicit restart (down, then up).
         raise ConfigError("the root public key differs from the one in use")
     verified = _load_directory(paths, directory, root_public_key)
-    _write_server_config(paths, verified, sync_always=info.sync_always)
+    _write_server_config(
+        paths, verified, sync_always=info.sync_always, network=_network_in_force(paths)
+    )
     await signal_reload(pid, info.monitor_url, ready_timeout=ready_timeout)
     _store_directory(paths, directory, root_public_key)
     report = await provision_as_admin(
@@ -694,6 +763,7 @@ async def broker_reload(
         directory=verified,
         allow_unsafe=not info.sync_always,
         limits=_storage_limits(paths),
+        tls=paths.network().client_tls(),
     )
     _log.info("broker.reloaded", pid=pid, serial=verified.serial if verified else None)
     return report
@@ -713,10 +783,12 @@ class BrokerStatus:
     version: str | None
     streams: tuple[StreamStatus, ...] = field(default=())
     consumers: tuple[ConsumerStatus, ...] = field(default=())
+    # each stream's leader and replicas (one replica, the leader, on a single server)
+    replicas: tuple[StreamCluster, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        return asdict(self)
+        return {**asdict(self), "replicas": [r.to_json() for r in self.replicas]}
 
 
 async def _monitoring(monitor_url: str, max_wait: float) -> tuple[bool, bool | None, str | None]:
@@ -736,26 +808,31 @@ async def broker_status(
     creds: Path,
     monitor_url: str | None = None,
     max_wait: float = 5.0,
+    tls: ClientTls | None = None,
 ) -> BrokerStatus:
-    """Health, ``sync_always`` and stream/consumer counters, read as the operator user.
+    """Health, ``sync_always``, stream/consumer counters and each stream's replicas, read as
+    the operator user.
 
-    ``monitor_url`` (loopback only) adds health, version and ``sync_always``. Raises
-    :class:`TransportError` (``NOT_CONNECTED``) when the broker is unreachable.
+    ``server_url``: one URL, or a cluster's, comma-separated. ``monitor_url`` (loopback
+    only) adds health, version and ``sync_always``. Raises :class:`TransportError`
+    (``NOT_CONNECTED``) when the broker is unreachable.
     """
     healthy = sync = None
     version = None
     if monitor_url is not None:
         healthy, sync, version = await _monitoring(monitor_url, max_wait)
     conn = await connect(
-        server_url,
+        [url.strip() for url in server_url.split(",") if url.strip()],
         creds=creds,
         inbox_prefix=OPERATOR_INBOX,
         name="relais-status",
         connect_timeout=max_wait,
         request_timeout=max_wait,
+        tls=tls,
     )
     try:
         streams, consumers = await inspect(conn)
+        replicas = await read_stream_clusters(conn, [s.name for s in streams])
     finally:
         await conn.close()
     return BrokerStatus(
@@ -766,4 +843,5 @@ async def broker_status(
         version=version,
         streams=streams,
         consumers=consumers,
+        replicas=replicas,
     )

@@ -6,8 +6,12 @@ connects to; one account per identity; see there why). This module adds the serv
 listeners, monitoring, JetStream store and limits, TLS and cluster routes.
 
 Monitoring listens on 127.0.0.1 only. A client listener on another address needs TLS
-(:class:`TlsSettings`; with a CA, mutual TLS), and cluster routes are only generated for
-loopback (across hosts they need route TLS, configured by hand). JetStream stores with
+(:class:`TlsSettings`; with ``verify_clients``, mutual TLS), and cluster routes on another
+address need route TLS (:attr:`ClusterSettings.tls`, always mutual: each node presents its
+certificate and verifies its peer's against the partnership CA). Client TLS starts with the
+handshake (``handshake_first``): no plaintext INFO, so a man in the middle cannot hide that
+the server requires TLS, and relais clients (:class:`~relais.broker_config.connection.ClientTls`)
+do the same. JetStream stores with
 ``sync_interval: always``: an acknowledged write is on disk (see the Jepsen analysis of NATS
 2.12.1); turning it off is for benchmarks and development only and is logged loudly.
 ``max_payload`` (headers included) is 256 KiB for the largest sealed envelope plus 64 KiB:
@@ -36,11 +40,11 @@ import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 from shutil import which
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import nkeys
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relais.broker_config.accounts import (
     ACCOUNT,
@@ -69,6 +73,7 @@ __all__ = [
     "OPERATOR_INBOX",
     "ROUTER_INBOX",
     "SYSTEM_ACCOUNT",
+    "TLS_HANDSHAKE_SECONDS",
     "TRACKER_INBOX",
     "AccountLimits",
     "ClusterSettings",
@@ -82,6 +87,7 @@ __all__ = [
     "ensure_seed",
     "ensure_service_seeds",
     "inbox_prefix",
+    "is_loopback",
     "nats_server_binary",
     "new_user_seed",
     "partner_users",
@@ -93,6 +99,8 @@ __all__ = [
 ]
 
 MONITOR_HOST: Final = "127.0.0.1"
+TLS_HANDSHAKE_SECONDS: Final = 5.0
+TLS_FALLBACK_DELAY: Final = "500ms"
 # A sealed envelope is at most 256 KiB; NATS counts headers in max_payload, and the
 # relais headers (Nats-Msg-Id, priority...) are far below the 64 KiB of headroom.
 DEFAULT_MAX_PAYLOAD: Final = MAX_ENVELOPE_BYTES + 64 * 1024
@@ -103,8 +111,34 @@ _USER_NKEY_RE = re.compile(r"U[A-Z2-7]{55}")
 _log = structlog.get_logger(__name__)
 
 
+class TlsSettings(BaseModel):
+    """Client TLS: required for a client listener that is not on loopback.
+
+    ``ca_file`` is the partnership CA: what clients verify the server's certificate against
+    (recorded for the local tools), and with ``verify_clients`` what the server verifies the
+    clients' certificates against (mutual TLS).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    verify_clients: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.verify_clients and self.ca_file is None:
+            raise ValueError("verifying the clients' certificates needs the CA (ca_file)")
+        return self
+
+
 class ClusterSettings(BaseModel):
-    """Route settings of one node of a cluster (see :mod:`relais.broker_config.cluster`)."""
+    """Route settings of one node of a cluster (see :mod:`relais.broker_config.cluster`).
+
+    ``tls`` (with its ``ca_file``) encrypts and authenticates the routes: required when the
+    routes listen outside loopback.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -114,17 +148,13 @@ class ClusterSettings(BaseModel):
     routes: tuple[str, ...]
     route_user: str = Field(min_length=1)
     route_password: str = Field(min_length=16)
+    tls: TlsSettings | None = None
 
-
-class TlsSettings(BaseModel):
-    """Client TLS: required for a client listener that is not on loopback."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    cert_file: Path
-    key_file: Path
-    # With a CA, clients must also present a certificate it signed (mutual TLS).
-    ca_file: Path | None = None
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.tls is not None and self.tls.ca_file is None:
+            raise ValueError("route TLS needs the partnership CA (ca_file) to verify the peers")
+        return self
 
 
 class ServerSettings(BaseModel):
@@ -152,7 +182,8 @@ class ServerSettings(BaseModel):
     cluster: ClusterSettings | None = None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -160,10 +191,28 @@ def _is_loopback(host: str) -> bool:
 
 
 def _tls_block(tls: TlsSettings) -> dict[str, Any]:
-    block: dict[str, Any] = {"cert_file": str(tls.cert_file), "key_file": str(tls.key_file)}
-    if tls.ca_file is not None:
+    block: dict[str, Any] = {
+        "cert_file": str(tls.cert_file),
+        "key_file": str(tls.key_file),
+        # nats-server's default (0.5 s) fails handshakes on a loaded host
+        "timeout": TLS_HANDSHAKE_SECONDS,
+        # TLS first for relais clients; others get the INFO after this delay, then upgrade
+        "handshake_first": TLS_FALLBACK_DELAY,
+    }
+    if tls.verify_clients:
         block.update(ca_file=str(tls.ca_file), verify=True)
     return block
+
+
+def _route_tls_block(tls: TlsSettings) -> dict[str, Any]:
+    # Routes always verify each other (both ends present a certificate of the CA).
+    return {
+        "cert_file": str(tls.cert_file),
+        "key_file": str(tls.key_file),
+        "ca_file": str(tls.ca_file),
+        "verify": True,
+        "timeout": TLS_HANDSHAKE_SECONDS,
+    }
 
 
 def _check_user_key(nkey: str, what: str) -> None:
@@ -193,12 +242,15 @@ def _jetstream_block(settings: ServerSettings) -> dict[str, Any]:
 
 
 def _cluster_block(cluster: ClusterSettings) -> dict[str, Any]:
-    return {
+    block: dict[str, Any] = {
         "name": cluster.name,
         "listen": f"{cluster.host}:{cluster.port}",
         "authorization": {"user": cluster.route_user, "password": cluster.route_password},
         "routes": list(cluster.routes),
     }
+    if cluster.tls is not None:
+        block["tls"] = _route_tls_block(cluster.tls)
+    return block
 
 
 def build_config(
@@ -216,11 +268,16 @@ def build_config(
     """
     for service in Service:
         _check_user_key(services.of(service), service.value)
-    if not _is_loopback(settings.host) and settings.tls is None:
-        raise ConfigError("clients outside loopback need TLS (ServerSettings.tls)")
-    if settings.cluster is not None and not _is_loopback(settings.cluster.host):
-        # Route TLS is not generated here: write that configuration by hand.
-        raise ConfigError("routes outside loopback need TLS, which is not generated here")
+    if not is_loopback(settings.host) and settings.tls is None:
+        raise ConfigError(
+            f"a client listener on {settings.host} (not loopback) needs TLS: give the"
+            " server's certificate and key (ServerSettings.tls)"
+        )
+    cluster = settings.cluster
+    if cluster is not None and not is_loopback(cluster.host) and cluster.tls is None:
+        raise ConfigError(
+            f"routes on {cluster.host} (not loopback) need route TLS (ClusterSettings.tls)"
+        )
     hub_js: dict[str, Any] | str = "enabled"
     if settings.hub_max_file is not None:
         hub_js = {"max_file": settings.hub_max_file, "max_mem": 0}

@@ -1,10 +1,15 @@
 """``relais broker``: the embedded NATS broker (start, inspect, reload, stop) and cluster configs.
 
-``up`` starts nats-server detached on 127.0.0.1 with ports chosen by the operating system,
-waits until ``/healthz`` answers, checks that it fsyncs every write, provisions streams and
-consumers, and prints where it listens. ``reload`` applies a new directory edition (users
-regenerated, consumers of new partners created, nothing deleted). ``status`` reads health,
-durability and counters as the read-only operator user; ``down`` stops the server.
+``up`` starts nats-server detached (on 127.0.0.1 unless ``--listen`` says otherwise; a
+listener outside loopback needs ``--tls-cert``/``--tls-key``/``--tls-ca``), waits until
+``/healthz`` answers, checks that it fsyncs every write, provisions streams and consumers, and
+prints where it listens; the address, ports and TLS files are recorded in the data directory
+and reused by the next ``up``. ``reload`` applies a new directory edition (users regenerated,
+consumers of new partners created, nothing deleted), to one data directory or to every node
+of a cluster (``--cluster``). ``status`` reads health, durability, counters and each stream's
+leader and replicas as the read-only operator user; ``down`` stops the server.
+``cluster-config`` writes a cluster's node configurations, ``provision`` creates its streams
+with ``--replicas 3``, and ``tls`` makes a test CA and certificates (:mod:`.tls_cmd`).
 
 Exit codes: 0 success; 1 the broker answers but is unhealthy or a check failed (bad
 directory signature, rollback); 2 usage (bad option, a broker already running on the data
@@ -24,20 +29,31 @@ from typing import Annotated, Any
 import typer
 
 from relais.agents.keys import read_root_public_key
-from relais.broker_config.cluster import write_cluster_configs
+from relais.broker_config.cluster import (
+    load_directory_edition,
+    read_layout,
+    store_directory_edition,
+    write_cluster_configs,
+)
+from relais.broker_config.cluster_ops import provision_cluster, reload_cluster
+from relais.broker_config.connection import ClientTls
 from relais.broker_config.directory import verify_directory
 from relais.broker_config.embedded import (
+    BrokerPaths,
     BrokerStatus,
     broker_down,
     broker_reload,
     broker_status,
     broker_up,
 )
+from relais.broker_config.nats_conf import TlsSettings
+from relais.broker_config.network import parse_listen
 from relais.broker_config.streams import ProvisionReport
 from relais.cli._checks import broker_check
 from relais.cli._common import (
     EXIT_FAILURE,
     EXIT_UNREACHABLE,
+    BrokerTarget,
     CredsOption,
     NkeyOption,
     ServerOption,
@@ -45,6 +61,7 @@ from relais.cli._common import (
     logs_to_stderr,
     reported_errors,
 )
+from relais.cli.tls_cmd import tls as tls_command
 from relais.schemas.errors import ConfigError
 
 __all__ = ["EXIT_UNREACHABLE", "app"]
@@ -80,6 +97,12 @@ UnsafeOption = Annotated[
 ]
 
 
+ClusterOption = Annotated[
+    Path | None,
+    typer.Option("--cluster", help="A cluster's directory (from cluster-config).", file_okay=False),
+]
+
+
 @app.callback()
 def _logs_to_stderr() -> None:
     """The embedded NATS broker."""
@@ -111,18 +134,75 @@ def _report_lines(report: ProvisionReport) -> list[str]:
     return lines
 
 
+def _tls_args(
+    cert: Path | None, key: Path | None, ca: Path | None, verify_clients: bool
+) -> TlsSettings | None:
+    if cert is None and key is None:
+        if ca is not None or verify_clients:
+            raise ConfigError("--tls-ca and --tls-verify-clients go with --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ConfigError("give --tls-cert and --tls-key together")
+    if ca is None:
+        raise ConfigError("--tls-cert needs --tls-ca, the partnership CA clients verify with")
+    return TlsSettings(
+        cert_file=cert.resolve(),
+        key_file=key.resolve(),
+        ca_file=ca.resolve(),
+        verify_clients=verify_clients,
+    )
+
+
 @app.command("up")
 def up(
     data_dir: DataDirOption,
     directory: DirectoryOption = None,
     root_public_key: RootKeyOption = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT of the client listener (default 127.0.0.1, port chosen once; kept).",
+        ),
+    ] = None,
+    monitor_port: Annotated[
+        int | None,
+        typer.Option("--monitor-port", min=0, max=65535, help="Monitoring port on 127.0.0.1."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", dir_okay=False, exists=True, help="Server certificate (PEM)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", dir_okay=False, exists=True, help="Its private key (PEM, 0600)."),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", dir_okay=False, exists=True, help="The partnership CA (PEM)."),
+    ] = None,
+    tls_verify_clients: Annotated[
+        bool, typer.Option("--tls-verify-clients", help="Mutual TLS: clients need a certificate.")
+    ] = False,
     dev_no_fsync: UnsafeOption = False,
     timeout: TimeoutOption = 30.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Start nats-server on 127.0.0.1 for DATA_DIR, wait until healthy, provision it."""
+    """Start nats-server for DATA_DIR, wait until healthy, provision it.
+
+    Listen settings given here are recorded in DATA_DIR and reused by the next ``up``.
+    """
     with reported_errors():
         signed, root = _directory_args(directory, root_public_key)
+        network = (
+            BrokerPaths(data_dir)
+            .network()
+            .merged(
+                listen=None if listen is None else parse_listen(listen),
+                monitor_port=monitor_port,
+                tls=_tls_args(tls_cert, tls_key, tls_ca, tls_verify_clients),
+            )
+        )
         if dev_no_fsync:
             typer.echo("WARNING: fsync disabled, acknowledged messages can be lost", err=True)
         info, report = asyncio.run(
@@ -132,6 +212,7 @@ def up(
                 root_public_key=root,
                 sync_always=not dev_no_fsync,
                 ready_timeout=timeout,
+                network=network,
             )
         )
     if as_json:
@@ -139,6 +220,8 @@ def up(
         return
     typer.echo(f"nats-server running (pid {info.pid})")
     typer.echo(f"  client:      {info.client_url}")
+    if info.tls_ca_file is not None:
+        typer.echo(f"  TLS:         clients verify against {info.tls_ca_file}")
     typer.echo(f"  monitoring:  {info.monitor_url}")
     typer.echo(
         f"  credentials: {info.creds_dir} (router.nk, tracker.nk for the gateway; operator.nk;"
@@ -168,11 +251,41 @@ def _status_lines(status: BrokerStatus) -> list[str]:
         + (f", {s.partner_messages} msgs per partner" if s.partner_messages > 0 else "")
         for s in status.streams
     ]
+    lines += _replica_lines(status)
     lines.append("consumers:                          pending  ack pending  redelivered")
     lines += [
         f"  {c.stream + '/' + c.name:<32} {c.num_pending:>9} {c.num_ack_pending:>12} "
         f"{c.num_redelivered:>12}"
         for c in status.consumers
+    ]
+    return lines
+
+
+def _replica_lines(status: BrokerStatus) -> list[str]:
+    if not any(r.replicas_wanted > 1 for r in status.replicas):
+        return []
+    lines = ["replicas:"]
+    nodes: dict[str, list[int]] = {}  # node -> [leads, follows, behind]
+    for stream in status.replicas:
+        peers = ", ".join(
+            f"{r.node} {'current' if r.current else f'BEHIND ({r.lag})'}"
+            for r in stream.replicas
+            if not r.leader
+        )
+        state = "ok" if stream.healthy else "DEGRADED"
+        lines.append(
+            f"  {stream.stream:<12} R{stream.replicas_wanted}  leader {stream.leader or 'NONE'}"
+            f"  followers: {peers or 'none'}  [{state}]"
+        )
+        for r in stream.replicas:
+            counts = nodes.setdefault(r.node, [0, 0, 0])
+            counts[0 if r.leader else 1] += 1
+            counts[2] += 0 if r.current else 1
+    lines.append("nodes:")
+    lines += [
+        f"  {name:<12} leads {leads}, follows {follows}"
+        + (f", BEHIND on {behind}" if behind else ", current")
+        for name, (leads, follows, behind) in sorted(nodes.items())
     ]
     return lines
 
@@ -190,6 +303,13 @@ def status(
     monitor: Annotated[
         str | None, typer.Option("--monitor", help="Monitoring URL (with -s), loopback only.")
     ] = None,
+    cluster: ClusterOption = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca", envvar="NATS_CA", dir_okay=False, help="The partnership CA (TLS)."
+        ),
+    ] = None,
     timeout: TimeoutOption = 5.0,
     as_json: JsonOption = False,
     check: Annotated[
@@ -197,11 +317,26 @@ def status(
         typer.Option("--check", help="Nagios-style: one line; exit 0 OK, 1 WARNING, 2 CRITICAL."),
     ] = False,
 ) -> None:
-    """Health, fsync setting, streams and consumers (as the read-only operator user)."""
+    """Health, fsync setting, streams, replicas and consumers (as the read-only operator).
+
+    ``--cluster DIR`` reads every node of a cluster written by cluster-config.
+    """
     with reported_errors():
         if data_dir is not None and monitor is not None:
             raise ConfigError("--monitor goes with -s, not with --data-dir")
-        target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
+        tls = None if tls_ca is None else ClientTls(tls_ca)
+        if cluster is not None:
+            if data_dir is not None or server is not None:
+                raise ConfigError("give --cluster, --data-dir or -s, one of them")
+            layout = read_layout(cluster)
+            target = BrokerTarget(",".join(layout.client_urls), layout.operator_creds)
+            tls = tls or layout.client_tls()
+        else:
+            target = broker_target(ctx, server, creds, data_dir, nkey=nkey)
+        if data_dir is not None:
+            tls = tls or BrokerPaths(data_dir).network().client_tls()
+        if check and cluster is not None:
+            raise ConfigError("--check reads one node: give -s or --data-dir, not --cluster")
     if check:
         broker_check(target, target.monitor_url or monitor, timeout)
     with reported_errors():
@@ -211,6 +346,7 @@ def status(
                 creds=target.creds,
                 monitor_url=target.monitor_url or monitor,
                 max_wait=timeout,
+                tls=tls,
             )
         )
     if as_json:
@@ -237,30 +373,105 @@ def down(
 
 @app.command("reload")
 def reload(
-    data_dir: DataDirOption,
     directory: Annotated[
         Path, typer.Option("--directory", help="New signed directory.", dir_okay=False, exists=True)
     ],
     root_public_key: Annotated[
         str, typer.Option("--root-public-key", help="Pinned root public key (base64 or file).")
     ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="The broker's data directory.", file_okay=False),
+    ] = None,
+    cluster: ClusterOption = None,
+    replicas: Annotated[
+        int, typer.Option("--replicas", help="With --cluster: copies of each stream.")
+    ] = 3,
     timeout: TimeoutOption = 30.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply a new directory edition: users regenerated, new partners provisioned."""
+    """Apply a new directory edition: users regenerated, new partners provisioned.
+
+    With ``--cluster DIR``: every node's configuration is rewritten and each node running
+    on this host reloaded; the others are listed (reload them on their hosts).
+    """
     with reported_errors():
+        if (data_dir is None) == (cluster is None):
+            raise ConfigError("give --data-dir DIR or --cluster DIR")
         try:
             signed = directory.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read {directory}: {exc.strerror}") from exc
         root = read_root_public_key(root_public_key)
+        elsewhere: tuple[str, ...] = ()
+        reloaded: tuple[str, ...] = ()
+        if data_dir is not None:
+            report = asyncio.run(
+                broker_reload(
+                    data_dir, directory=signed, root_public_key=root, ready_timeout=timeout
+                )
+            )
+        elif cluster is not None:
+            done = asyncio.run(
+                reload_cluster(
+                    cluster,
+                    directory=signed,
+                    root_public_key=root,
+                    replicas=replicas,
+                    ready_timeout=timeout,
+                )
+            )
+            report, reloaded, elsewhere = done.report, done.reloaded, done.elsewhere
+    if as_json:
+        document = report.to_json()
+        if cluster is not None:
+            document = {"reloaded": list(reloaded), "elsewhere": list(elsewhere), **document}
+        typer.echo(json.dumps(document))
+        return
+    typer.echo("configuration reloaded" + (f" on {', '.join(reloaded)}" if reloaded else ""))
+    for name in elsewhere:
+        typer.echo(f"  {name}: not running on this host: copy its configuration, reload it there")
+    for line in _report_lines(report):
+        typer.echo(line)
+
+
+@app.command("provision")
+def provision(
+    cluster: Annotated[
+        Path,
+        typer.Option(
+            "--cluster", help="A cluster's directory (from cluster-config).", file_okay=False
+        ),
+    ],
+    replicas: Annotated[int, typer.Option("--replicas", help="Copies of each stream: 3 or 5.")] = 3,
+    directory: DirectoryOption = None,
+    root_public_key: RootKeyOption = None,
+    dev_no_fsync: UnsafeOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create or update a running cluster's streams and consumers with the admin credential.
+
+    Run on a node's host (it checks on its loopback monitoring that the server fsyncs);
+    without --directory, the edition the cluster's configurations were made from is used.
+    """
+    with reported_errors():
+        layout = read_layout(cluster)
+        signed, root = _directory_args(directory, root_public_key)
+        verified = None
+        if signed is not None and root is not None:
+            verified = load_directory_edition(cluster, signed, root)
+        elif (cluster / "directory.json").exists():
+            stored_root = read_root_public_key(str(cluster / "root.pub"))
+            verified = verify_directory((cluster / "directory.json").read_bytes(), stored_root)
         report = asyncio.run(
-            broker_reload(data_dir, directory=signed, root_public_key=root, ready_timeout=timeout)
+            provision_cluster(
+                layout, directory=verified, replicas=replicas, allow_unsafe=dev_no_fsync
+            )
         )
     if as_json:
-        typer.echo(json.dumps(report.to_json()))
+        typer.echo(json.dumps({"replicas": replicas, **report.to_json()}))
         return
-    typer.echo("configuration reloaded")
+    typer.echo(f"cluster of {len(layout.nodes)} nodes, streams R{replicas}")
     for line in _report_lines(report):
         typer.echo(line)
 
@@ -272,24 +483,66 @@ def cluster_config(
     directory: DirectoryOption = None,
     root_public_key: RootKeyOption = None,
     base_port: Annotated[
-        int | None, typer.Option("--base-port", help="Client ports from here (else OS-chosen).")
+        int | None,
+        typer.Option(
+            "--base-port",
+            help="Client port (one host: the first of consecutive ones; default OS-chosen;"
+            " separate hosts: 4222, routes +2000, monitoring +4000).",
+        ),
+    ] = None,
+    hosts: Annotated[
+        str | None,
+        typer.Option("--hosts", help="Each node's IP address, comma-separated (default loopback)."),
+    ] = None,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-dir",
+            help="ca.crt and n1.crt/.key... (relais broker tls): client and route TLS.",
+            file_okay=False,
+            exists=True,
+        ),
+    ] = None,
+    tls_verify_clients: Annotated[
+        bool, typer.Option("--tls-verify-clients", help="Mutual TLS for clients too.")
+    ] = False,
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", help="Where each node keeps <name>/store on its host."),
     ] = None,
     dev_no_fsync: UnsafeOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Write the configurations of a JetStream cluster on 127.0.0.1 (streams R3)."""
+    """Write the configurations of a 3- or 5-node JetStream cluster (streams R3).
+
+    The layout (hosts, ports, TLS) is fixed by the first run; a re-run with a new
+    directory regenerates the users only (then: relais broker reload --cluster).
+    """
     with reported_errors():
         signed, root = _directory_args(directory, root_public_key)
-        verified = None if signed is None or root is None else verify_directory(signed, root)
+        verified = None
+        if signed is not None and root is not None:
+            verified = load_directory_edition(out, signed, root)
         layout = write_cluster_configs(
-            out, nodes=nodes, directory=verified, base_port=base_port, sync_always=not dev_no_fsync
+            out,
+            nodes=nodes,
+            directory=verified,
+            base_port=base_port,
+            sync_always=not dev_no_fsync,
+            hosts=None if hosts is None else [h.strip() for h in hosts.split(",")],
+            tls_dir=tls_dir,
+            verify_clients=tls_verify_clients,
+            data_root=data_root,
         )
+        if signed is not None and root is not None:
+            store_directory_edition(out, signed, root)
     rows: list[dict[str, Any]] = [
         {
             "name": n.name,
             "config": str(n.config_file),
             "client_url": n.client_url,
             "monitor_url": n.monitor_url,
+            "store_dir": str(n.store_dir),
         }
         for n in layout.nodes
     ]
@@ -298,4 +551,10 @@ def cluster_config(
         return
     for row in rows:
         typer.echo(f"{row['name']}: nats-server -c {row['config']}   ({row['client_url']})")
-    typer.echo(f"credentials: {layout.creds_dir}; provision with replicas=3")
+    typer.echo(
+        f"credentials: {layout.creds_dir}; once the nodes run:"
+        f" relais broker provision --cluster {out} --replicas 3"
+    )
+
+
+app.command("tls")(tls_command)

@@ -271,6 +271,7 @@ async def _connect_roles(settings: GatewaySettings, roles: frozenset[str]) -> di
                 creds=path,
                 inbox_prefix=_ROLE_INBOXES[role],
                 name=f"relais-gateway-{role}",
+                tls=settings.broker_tls,
             )
     except BaseException:
         for conn in conns.values():

@@ -6,6 +6,9 @@ Example ``gateway.toml`` (relative paths are relative to the file)::
     monitor_url = "http://127.0.0.1:8222"     # to check that the server fsyncs every write
     router_creds = "creds/router.nk"          # the router role's NATS nkey seed (0600)
     tracker_creds = "creds/tracker.nk"        # the tracker role's (tracker, audit, directory)
+    # tls_ca_file = "tls/ca.crt"              # the partnership CA: the broker is verified
+    # tls_client_cert_file = "tls/gateway.crt"  # for a broker with mutual TLS (key 0600)
+    # tls_client_key_file = "tls/gateway.key"
     key_file = "keys/gateway.key"             # the gateway's signing key (relais-key/1)
     passphrase_file = "keys/gateway.pass"     # its passphrase, first line (0600)
     directory_file = "directory.json"         # the signed directory in force
@@ -32,6 +35,7 @@ from typing import Any, Final
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relais.broker_config.connection import ClientTls
 from relais.schemas.errors import ConfigError
 
 __all__ = [
@@ -43,6 +47,9 @@ _DAY: Final = 86_400.0
 _PATH_FIELDS: Final = (
     "router_creds",
     "tracker_creds",
+    "tls_ca_file",
+    "tls_client_cert_file",
+    "tls_client_key_file",
     "key_file",
     "passphrase_file",
     "directory_file",
@@ -60,6 +67,9 @@ class GatewaySettings(BaseSettings):
     monitor_url: str = "http://127.0.0.1:8222"
     router_creds: Path | None = None
     tracker_creds: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_client_cert_file: Path | None = None
+    tls_client_key_file: Path | None = None
     key_file: Path
     passphrase_file: Path
     directory_file: Path
@@ -74,6 +84,13 @@ class GatewaySettings(BaseSettings):
     router_batch: int = Field(default=100, ge=1, le=1000)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     allow_unsafe_no_fsync: bool = False
+
+    @property
+    def broker_tls(self) -> ClientTls | None:
+        """TLS to the broker (``None``: as the URLs and ``NATS_CA`` say)."""
+        if self.tls_ca_file is None:
+            return None
+        return ClientTls(self.tls_ca_file, self.tls_client_cert_file, self.tls_client_key_file)
 
     @property
     def servers(self) -> list[str]:
