@@ -37,11 +37,11 @@ from relais.broker_config.directory import Directory, DirectoryKeys, verify_dire
 from relais.broker_config.edition import ExpiryState, expiry_state, rules_of
 from relais.broker_config.rules import RuleSet
 from relais.schemas.errors import ConfigError, DirectoryError, EnvelopeError, Reason, RelaisError
+from relais.schemas.names import DIRECTORY_STREAM, DIRECTORY_SUBJECT
 
 __all__ = ["DIRECTORY_SUBJECT", "DirectoryView", "DirectoryWatch", "HistoricKeys"]
 
-DIRECTORY_SUBJECT: Final = "ref.dir"
-_DIRECT_GET: Final = "$JS.API.DIRECT.GET.DIRECTORY." + DIRECTORY_SUBJECT
+_DIRECT_GET: Final = f"$JS.API.DIRECT.GET.{DIRECTORY_STREAM}.{DIRECTORY_SUBJECT}"
 
 _log = structlog.get_logger(__name__)
 

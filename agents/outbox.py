@@ -25,15 +25,11 @@ from relais.agents.metrics import AgentMetrics
 from relais.broker_config.connection import PubAck
 from relais.schemas.domain import Priority
 from relais.schemas.errors import TransportError
+from relais.schemas.names import ingress_subject
 
 __all__ = ["Publisher", "ingress_subject"]
 
 _log = structlog.get_logger(__name__)
-
-
-def ingress_subject(partner_id: str) -> str:
-    """``ref.in.<partner>``: where a partner publishes its events."""
-    return f"ref.in.{partner_id}"
 
 
 def _now_ms() -> int:
@@ -99,9 +95,7 @@ class Publisher:
             )
             acks: list[tuple[str, int]] = []
             failure: TransportError | None = None
-            for (event_id, event_type, priority, _, _), result in zip(
-                rows, results, strict=True
-            ):
+            for (event_id, event_type, priority, _, _), result in zip(rows, results, strict=True):
                 if isinstance(result, PubAck):
                     acks.append((event_id, result.seq))
                     self._published(event_id, event_type, priority, result)

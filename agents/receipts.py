@@ -37,6 +37,7 @@ from relais.agents.metrics import AgentMetrics
 from relais.schemas.domain import EventType
 from relais.schemas.envelope import LocalIdentity
 from relais.schemas.errors import RelaisError, TransportError
+from relais.schemas.names import receipts_subject
 from relais.schemas.registry import MAIN_SECTION, default_registry
 from relais.schemas.statements import sign_statement
 
@@ -55,11 +56,6 @@ MAX_ENTRIES: Final = 500
 MARK_AFTER_SECONDS: Final = 1.0
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _log = structlog.get_logger(__name__)
-
-
-def receipts_subject(partner_id: str) -> str:
-    """``ref.rcpt.<partner>``: where a partner publishes its receipts."""
-    return f"ref.rcpt.{partner_id}"
 
 
 def _now_ms() -> int:

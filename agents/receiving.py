@@ -67,17 +67,14 @@ from relais.schemas.domain import (
 )
 from relais.schemas.envelope import KIND_EVENT, open_envelope, peek_header, verify_envelope
 from relais.schemas.errors import EnvelopeError, Reason, RelaisError, TransportError
+from relais.schemas.names import DELIVERY_STREAM, H_ESCALATION, H_EVENT_ID, H_RULE
 from relais.schemas.registry import to_jsonable
 from relais.schemas.statements import KINDS, verify_statement
 
 __all__ = ["DELIVERY_STREAM", "PREEMPT_SECONDS", "ReceiveConfig", "Receiver", "Refusal"]
 
-DELIVERY_STREAM: Final = "DELIVERY"
 # A less urgent batch is examined this long at a time before looking for a more urgent one.
 PREEMPT_SECONDS: Final = 0.001
-H_EVENT_ID: Final = "Relais-Event-Id"
-H_RULE: Final = "Relais-Rule"
-H_ESCALATION: Final = "Relais-Escalation"
 _RULE_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,96}")
 # Reasons a newer directory, an added key file or a software upgrade can cure.
 _CURABLE: Final = frozenset(

@@ -670,4 +670,3 @@ class Agent:
                 up_to=now - 1000 * retention.agent_inbox_seconds,
             )
         return counts
-

@@ -3,7 +3,7 @@
 nats-server checks the subject a client publishes to, never the reply subject it names, and
 JetStream answers every request (an API call, a pull, a publish acknowledgement) on that reply
 subject. Were the streams in the clients' account, any client could make JetStream store an
-answer in any stream (a consumer-info request with ``reply="ref.audit.rec"`` would write into
+answer in any stream (a consumer-info request naming ``ref.audit.rec`` as its reply would write into
 the audit log, which denies delete and purge). So JetStream lives in an account no client of
 the partnership connects to, and every identity has an account of its own:
 
@@ -57,6 +57,26 @@ from pydantic import BaseModel, ConfigDict, Field
 from relais.broker_config.directory import Directory, Partner
 from relais.schemas.domain import Priority
 from relais.schemas.errors import ConfigError
+from relais.schemas.names import (
+    ALL_SUBJECTS,
+    AUDIT_CHECKPOINT_SUBJECT,
+    AUDIT_RECORD_SUBJECT,
+    AUDIT_STREAM,
+    DELIVERY_STREAM,
+    DELIVERY_SUBJECTS,
+    DIRECTORY_SUBJECT,
+    INGRESS_STREAM,
+    QUARANTINE_ANY,
+    RECEIPTS_STREAM,
+    ROUTER_CONSUMER,
+    SEEN_SUBJECTS,
+    TRACKER_AUDIT_CONSUMER,
+    TRACKER_CONSUMER,
+    delivery_consumer_name,
+    ingress_subject,
+    lease_subject,
+    receipts_subject,
+)
 
 __all__ = [
     "ACCOUNT",
@@ -122,11 +142,6 @@ def partner_account(partner_id: str) -> str:
     return f"{_PARTNER_ACCOUNT_PREFIX}{partner_id}"
 
 
-def delivery_consumer_name(partner_id: str, priority: Priority) -> str:
-    """The durable consumer a partner pulls ``priority`` deliveries from."""
-    return f"out-{partner_id}-{priority.label}"
-
-
 def _ack_subjects(stream: str, consumer: str) -> tuple[str, str]:
     # Exact token counts, never ">": see the module docstring.
     return (
@@ -139,7 +154,7 @@ def _pull(stream: str, consumer: str) -> tuple[str, ...]:
     return (f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", *_ack_subjects(stream, consumer))
 
 
-_DELIVERY_SUBJECTS: Final = tuple(f"ref.out.*.{p.label}" for p in Priority)
+_DELIVERY_SUBJECTS: Final = DELIVERY_SUBJECTS
 _DIRECTORY_READ: Final = "$JS.API.DIRECT.GET.DIRECTORY.>"
 
 
@@ -165,10 +180,15 @@ class Identity:
 
 def partner_identity(partner_id: str) -> Identity:
     """A partner's agent: its ingress, its receipts, its own consumers, the directory."""
-    subjects = [f"ref.in.{partner_id}", f"ref.rcpt.{partner_id}", _JS_INFO, _DIRECTORY_READ]
+    subjects = [
+        ingress_subject(partner_id),
+        receipts_subject(partner_id),
+        _JS_INFO,
+        _DIRECTORY_READ,
+    ]
     for priority in Priority:
         consumer = delivery_consumer_name(partner_id, priority)
-        subjects.extend(_pull("DELIVERY", consumer))
+        subjects.extend(_pull(DELIVERY_STREAM, consumer))
         subjects.append(f"$JS.API.CONSUMER.INFO.DELIVERY.{consumer}")
     return Identity(
         f"partner {partner_id}",
@@ -180,11 +200,11 @@ def partner_identity(partner_id: str) -> Identity:
 
 def _router() -> Identity:
     subjects = (
-        *_pull("INGRESS", "router"),
+        *_pull(INGRESS_STREAM, ROUTER_CONSUMER),
         *_DELIVERY_SUBJECTS,  # one copy per recipient, rejections to the sender
-        "ref.audit.rec",  # ROUTED records
-        "ref.quar.*",
-        "ref.seen.*",  # the replay store
+        AUDIT_RECORD_SUBJECT,  # ROUTED records
+        QUARANTINE_ANY,
+        *SEEN_SUBJECTS,  # the replay store
         _JS_INFO,
         "$JS.API.STREAM.INFO.SEEN",
         "$JS.API.DIRECT.GET.SEEN",
@@ -196,13 +216,13 @@ def _router() -> Identity:
 
 def _tracker() -> Identity:
     subjects = (
-        *_pull("RECEIPTS", "tracker"),
-        *_pull("AUDIT", "tracker-audit"),
+        *_pull(RECEIPTS_STREAM, TRACKER_CONSUMER),
+        *_pull(AUDIT_STREAM, TRACKER_AUDIT_CONSUMER),
         *_DELIVERY_SUBJECTS,  # escalations to the fallback recipients, notices
-        "ref.audit.rec",
-        "ref.audit.ckpt",
-        "ref.dir",  # the directory publisher: nobody else may write an edition
-        "ref.lease.tracker",  # exactly one active tracker (gateway.lease)
+        AUDIT_RECORD_SUBJECT,
+        AUDIT_CHECKPOINT_SUBJECT,
+        DIRECTORY_SUBJECT,  # the directory publisher: nobody else may write an edition
+        lease_subject("tracker"),  # exactly one active tracker (gateway.lease)
         _JS_INFO,
         "$JS.API.STREAM.INFO.*",  # the keeper's retention evidence and watch gauges
         "$JS.API.CONSUMER.LIST.DELIVERY",  # the keeper's delivery backlog gauges
@@ -247,7 +267,9 @@ _SERVICE_IDENTITIES: Final = {
 def service_identity(service: Service) -> Identity:
     """The identity of a service role (the administrator has no import: it is in the hub)."""
     if service is Service.ADMIN:
-        return Identity("admin", HUB_ACCOUNT, GATEWAY_INBOX, ("$JS.API.>", "$JS.ACK.>", "ref.>"))
+        return Identity(
+            "admin", HUB_ACCOUNT, GATEWAY_INBOX, ("$JS.API.>", "$JS.ACK.>", ALL_SUBJECTS)
+        )
     return _SERVICE_IDENTITIES[service]
 
 

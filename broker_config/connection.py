@@ -2,7 +2,7 @@
 
 nats-py reports a permissions violation asynchronously, through ``error_cb``, as an error
 whose text is the server's message lower-cased (``nats: permissions violation for publish to
-"ref.in.b"``); the operation that caused it just never gets an answer. :class:`Connection`
+"<subject>"``); the operation that caused it just never gets an answer. :class:`Connection`
 always installs ``error_cb``, ``disconnected_cb``, ``reconnected_cb`` and ``closed_cb``, and
 matches each denial with the operations waiting on that subject:
 

@@ -80,6 +80,28 @@ from relais.broker_config.directory import Directory
 from relais.broker_config.retention import Retention
 from relais.schemas.domain import Priority
 from relais.schemas.errors import ConfigError
+from relais.schemas.names import (
+    AUDIT_STREAM,
+    AUDIT_SUBJECTS,
+    DELIVERY_STREAM,
+    DELIVERY_SUBJECTS,
+    DIRECTORY_STREAM,
+    DIRECTORY_SUBJECTS,
+    INGRESS_STREAM,
+    INGRESS_SUBJECTS,
+    LEASES_STREAM,
+    LEASES_SUBJECTS,
+    QUARANTINE_STREAM,
+    QUARANTINE_SUBJECTS,
+    RECEIPTS_STREAM,
+    RECEIPTS_SUBJECTS,
+    ROUTER_CONSUMER,
+    SEEN_STREAM,
+    SEEN_SUBJECTS,
+    TRACKER_AUDIT_CONSUMER,
+    TRACKER_CONSUMER,
+    delivery_subject,
+)
 
 __all__ = [
     "ADVISORY_SUBJECTS",
@@ -254,31 +276,33 @@ class StorageLimits(BaseModel):
 
 
 STREAMS: Final[tuple[StreamSpec, ...]] = (
-    StreamSpec("INGRESS", ("ref.in.*",), "sealed events published by partners", per_partner=True),
     StreamSpec(
-        "DELIVERY",
-        ("ref.out.*.FLASH", "ref.out.*.URGENT", "ref.out.*.ROUTINE"),
+        INGRESS_STREAM, INGRESS_SUBJECTS, "sealed events published by partners", per_partner=True
+    ),
+    StreamSpec(
+        DELIVERY_STREAM,
+        DELIVERY_SUBJECTS,
         "routed copies, one per recipient and priority",
         allow_atomic=True,
     ),
     StreamSpec(
-        "RECEIPTS",
-        ("ref.rcpt.*",),
+        RECEIPTS_STREAM,
+        RECEIPTS_SUBJECTS,
         "signed receipts published by partners",
         per_partner=True,
         allow_direct=True,  # the tracker drains what is stored before it escalates
     ),
     StreamSpec(
-        "AUDIT",
-        ("ref.audit.>",),
+        AUDIT_STREAM,
+        AUDIT_SUBJECTS,
         "metadata-only audit records",
         allow_direct=True,
         allow_atomic=True,
     ),
-    StreamSpec("QUARANTINE", ("ref.quar.>",), "rejected events with their reason codes"),
+    StreamSpec(QUARANTINE_STREAM, QUARANTINE_SUBJECTS, "rejected events with their reason codes"),
     StreamSpec(
-        "DIRECTORY",
-        ("ref.dir",),
+        DIRECTORY_STREAM,
+        DIRECTORY_SUBJECTS,
         "the last signed directory editions",
         duplicate_window=120.0,
         allow_direct=True,
@@ -293,8 +317,8 @@ STREAMS: Final[tuple[StreamSpec, ...]] = (
         max_age=90 * 86400.0,
     ),
     StreamSpec(
-        "SEEN",
-        ("ref.seen.*",),
+        SEEN_STREAM,
+        SEEN_SUBJECTS,
         "event ids accepted by the router (replay protection beyond the duplicate window)",
         records=False,
         duplicate_window=120.0,
@@ -303,8 +327,8 @@ STREAMS: Final[tuple[StreamSpec, ...]] = (
         max_age=REPLAY_WINDOW,
     ),
     StreamSpec(
-        "LEASES",
-        ("ref.lease.*",),
+        LEASES_STREAM,
+        LEASES_SUBJECTS,
         "leases of the roles that run exactly once (the active tracker)",
         records=False,
         duplicate_window=60.0,
@@ -342,9 +366,9 @@ def _service(stream_name: str, name: str, filter_subject: str, description: str)
 
 
 SERVICE_CONSUMERS: Final[tuple[ConsumerSpec, ...]] = (
-    _service("INGRESS", "router", "ref.in.*", "gateway router"),
-    _service("RECEIPTS", "tracker", "ref.rcpt.*", "gateway tracker"),
-    _service("AUDIT", "tracker-audit", "ref.audit.>", "gateway tracker (audit)"),
+    _service(INGRESS_STREAM, ROUTER_CONSUMER, INGRESS_SUBJECTS[0], "gateway router"),
+    _service(RECEIPTS_STREAM, TRACKER_CONSUMER, RECEIPTS_SUBJECTS[0], "gateway tracker"),
+    _service(AUDIT_STREAM, TRACKER_AUDIT_CONSUMER, AUDIT_SUBJECTS[0], "gateway tracker (audit)"),
 )
 # Streams whose consumers provision() looks after (and reports when undeclared).
 _CONSUMER_STREAMS: Final = ("INGRESS", "RECEIPTS", "AUDIT", "DELIVERY")
@@ -377,7 +401,7 @@ def partner_consumers(partner_id: str) -> tuple[ConsumerSpec, ...]:
             ConsumerSpec(
                 stream="DELIVERY",
                 name=delivery_consumer_name(partner_id, priority),
-                filter_subject=f"ref.out.{partner_id}.{priority.label}",
+                filter_subject=delivery_subject(partner_id, priority),
                 description=f"{priority.label} deliveries to {partner_id}",
                 backoff=backoff,
                 max_deliver=max_deliver,

@@ -45,6 +45,7 @@ from relais.schemas.errors import (
     RelaisError,
     TransportError,
 )
+from relais.schemas.names import DIRECTORY_STREAM, DIRECTORY_SUBJECT
 
 __all__ = [
     "EXIT_FAILURE",
@@ -352,7 +353,7 @@ async def load_directory(conn: Connection | None, signed: bytes | None, root: by
     if signed is None:
         if conn is None:
             raise ConfigError("give --directory FILE, or a broker to read ref.dir from")
-        last = await last_for_subject(conn, "DIRECTORY", "ref.dir")
+        last = await last_for_subject(conn, DIRECTORY_STREAM, DIRECTORY_SUBJECT)
         if last is None:
             raise DirectoryError("no directory on ref.dir: give --directory")
         signed = last.data

@@ -50,6 +50,7 @@ from relais.gateway.audit import verify_audit
 from relais.schemas.domain import EventType
 from relais.schemas.envelope import peek_header
 from relais.schemas.errors import RelaisError
+from relais.schemas.names import ingress_subject
 from relais.schemas.registry import to_jsonable
 from relais.schemas.samples import sample_event
 
@@ -366,7 +367,7 @@ class Scenario:
             name="relais-demo-forger",
         )
         try:
-            await conn.js_publish(f"ref.in.{HOTEL}", envelope, msg_id=flow.event_id)
+            await conn.js_publish(ingress_subject(HOTEL), envelope, msg_id=flow.event_id)
         finally:
             await conn.close()
         flow.waiting = "the router's verdict"

@@ -65,6 +65,7 @@ from relais.schemas import _crypto
 from relais.schemas.domain import PARTNER_ID_RE, PartnerKind
 from relais.schemas.envelope import LocalIdentity
 from relais.schemas.errors import ConfigError, EnvelopeError, Reason
+from relais.schemas.names import AUDIT_CHECKPOINT_SUBJECT, AUDIT_RECORD_SUBJECT
 from relais.schemas.statements import key_judged_at
 from relais.schemas.strict_json import JsonLimits, loads_bounded
 
@@ -108,8 +109,8 @@ AUDITED_ROUTING_KEYS: Final = frozenset(
         "requester",
     }
 )
-RECORD_SUBJECT: Final = "ref.audit.rec"
-CHECKPOINT_SUBJECT: Final = "ref.audit.ckpt"
+RECORD_SUBJECT: Final = AUDIT_RECORD_SUBJECT
+CHECKPOINT_SUBJECT: Final = AUDIT_CHECKPOINT_SUBJECT
 SIG_CONTEXT: Final = "audit-checkpoint"
 CHECKPOINT_FORMAT: Final = "relais-audit-checkpoint/1"
 GENESIS: Final = bytes(32)

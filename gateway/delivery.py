@@ -21,6 +21,7 @@ from typing import Final
 from relais.broker_config.connection import Connection
 from relais.gateway.jetstream import Outgoing, Published, publish
 from relais.schemas.domain import EventType, Priority
+from relais.schemas.names import H_ESCALATION, H_EVENT_ID, H_RULE, H_TYPE, delivery_subject
 
 __all__ = [
     "H_ESCALATION",
@@ -34,10 +35,6 @@ __all__ = [
     "statement_id",
 ]
 
-H_EVENT_ID: Final = "Relais-Event-Id"
-H_TYPE: Final = "Relais-Type"
-H_RULE: Final = "Relais-Rule"
-H_ESCALATION: Final = "Relais-Escalation"
 # A fixed namespace for the name-based (v5) ids of the gateway's statements.
 _NAMESPACE: Final = uuid.UUID("5f0c8e1e-5a8b-4d55-9a52-2b8f3d6a7c10")
 
@@ -45,11 +42,6 @@ _NAMESPACE: Final = uuid.UUID("5f0c8e1e-5a8b-4d55-9a52-2b8f3d6a7c10")
 def statement_id(kind: str, *parts: object) -> uuid.UUID:
     """A stable id for the statement of ``kind`` about ``parts`` (UUID version 5)."""
     return uuid.uuid5(_NAMESPACE, "/".join((kind, *(str(p) for p in parts))))
-
-
-def delivery_subject(partner: str, priority: Priority) -> str:
-    """``ref.out.<partner>.<PRIORITY>``."""
-    return f"ref.out.{partner}.{priority.label}"
 
 
 def copy_message(

@@ -29,10 +29,11 @@ import structlog
 from relais.broker_config.connection import Connection
 from relais.gateway.jetstream import last_for_subject, publish
 from relais.schemas.errors import RelaisError
+from relais.schemas.names import LEASES_STREAM, lease_subject
 
 __all__ = ["LEASE_STREAM", "Lease", "LeaseConfig"]
 
-LEASE_STREAM: Final = "LEASES"
+LEASE_STREAM: Final = LEASES_STREAM
 _WRONG_LAST_SEQUENCE: Final = 10071
 
 _log = structlog.get_logger(__name__)
@@ -76,7 +77,7 @@ class Lease:
     @property
     def subject(self) -> str:
         """The lease's subject."""
-        return f"ref.lease.{self.config.name}"
+        return lease_subject(self.config.name)
 
     def held(self) -> bool:
         """True while this contender may act (its lease, with the fencing margin)."""

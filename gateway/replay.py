@@ -28,11 +28,10 @@ from typing import Final
 from relais.broker_config.connection import Connection
 from relais.gateway.jetstream import ERR_WRONG_LAST_SEQUENCE, last_for_subject, publish
 from relais.schemas.errors import ConfigError, TransportError
+from relais.schemas.names import SEEN_STREAM, seen_subject
 
 __all__ = ["SEEN_STREAM", "Claim", "SeenStore"]
 
-SEEN_STREAM: Final = "SEEN"
-_SUBJECT_PREFIX: Final = "ref.seen."
 _ATTEMPTS: Final = 3
 
 
@@ -71,7 +70,7 @@ class SeenStore:
     async def claim_noted(self, key: str, ingress_seq: int, note: str = "") -> Claim:
         """:meth:`claim` for any one-token key (an event id, or ``<event id>-e<edition>``),
         recording ``note`` with it; the answer says who holds the key and what it noted."""
-        subject = f"{_SUBJECT_PREFIX}{key}"
+        subject = seen_subject(key)
         mine = f"{ingress_seq} {note}".rstrip().encode()
         for _ in range(_ATTEMPTS):
             result = await publish(

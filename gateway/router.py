@@ -84,6 +84,15 @@ from relais.schemas.envelope import (
     peek_header,
 )
 from relais.schemas.errors import EnvelopeError, Reason, RelaisError
+from relais.schemas.names import (
+    H_CLAIMED_SENDER,
+    H_EVENT_ID,
+    H_INGRESS_SEQ,
+    H_REASON,
+    H_SENDER,
+    H_TYPE,
+    quarantine_subject,
+)
 from relais.schemas.statements import sign_statement
 
 __all__ = [
@@ -508,16 +517,16 @@ class Router:
         verified = refused.header is not None
         ids = refused.header or _peek(data)  # unverified: ids only, and only if it parses
         headers = {
-            "Relais-Reason": refused.reason.value,
-            "Relais-Ingress-Seq": str(seq),
-            "Relais-Sender": sender,
+            H_REASON: refused.reason.value,
+            H_INGRESS_SEQ: str(seq),
+            H_SENDER: sender,
         }
         if ids is not None:
-            headers["Relais-Event-Id"] = str(ids.event_id)
-            headers["Relais-Claimed-Sender"] = ids.sender
+            headers[H_EVENT_ID] = str(ids.event_id)
+            headers[H_CLAIMED_SENDER] = ids.sender
         if refused.header is not None:
-            headers["Relais-Type"] = refused.header.event_type.value
-        subject = f"ref.quar.{refused.reason.value}"
+            headers[H_TYPE] = refused.header.event_type.value
+        subject = quarantine_subject(refused.reason.value)
         await publish(self._conn, subject, data, msg_id=f"quar:{seq}", headers=headers)
         record = {
             "event_id": str(ids.event_id) if ids is not None else None,

@@ -60,12 +60,13 @@ from relais.gateway.settings import GatewaySettings
 from relais.gateway.tracker import Tracker, TrackerConfig
 from relais.gateway.tracker_store import TrackerStore
 from relais.schemas.errors import ConfigError, DirectoryError, Reason, RelaisError
+from relais.schemas.names import DIRECTORY_SUBJECT
 
 __all__ = ["ROLES", "load_policy", "publish_directory", "run_gateway"]
 
 ROLES: Final = frozenset({"router", "tracker"})
 _DIRECTORY_STREAM: Final = "DIRECTORY"
-_DIRECTORY_SUBJECT: Final = "ref.dir"
+_DIRECTORY_SUBJECT: Final = DIRECTORY_SUBJECT
 
 _EXPIRY_TICK: Final = 10.0
 _log = structlog.get_logger(__name__)
@@ -132,7 +133,7 @@ async def publish_directory(
             current = -1  # not a valid edition: replaced by ours
         if current > policy.serial:
             raise DirectoryError(
-                f"ref.dir holds edition {current}, newer than {policy.serial}",
+                f"{DIRECTORY_SUBJECT} holds edition {current}, newer than {policy.serial}",
                 reason=Reason.DIRECTORY_ROLLBACK,
             )
         if current == policy.serial:

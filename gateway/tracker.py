@@ -69,6 +69,7 @@ from relais.gateway.tracker_store import (
 from relais.schemas.domain import PARTNER_ID_RE, EventType, Priority
 from relais.schemas.envelope import LocalIdentity
 from relais.schemas.errors import EnvelopeError, Reason, RelaisError
+from relais.schemas.names import AUDIT_RECORD_SUBJECT, ingress_subject
 from relais.schemas.statements import sign_statement, verify_statement
 
 __all__ = ["AUDIT_CONSUMER", "RECEIPTS_CONSUMER", "Change", "Tracker", "TrackerConfig"]
@@ -269,7 +270,7 @@ class Tracker:
         """Learn routed events (and converge on escalations and closures) from audit records."""
         records: list[dict[str, Any]] = []
         for msg in msgs:
-            if msg.subject != "ref.audit.rec":
+            if msg.subject != AUDIT_RECORD_SUBJECT:
                 continue  # checkpoints
             try:
                 records.append(decode_record(msg.data))
@@ -293,7 +294,7 @@ class Tracker:
         """
         records = []
         for msg in msgs:
-            if msg.subject == "ref.audit.rec":
+            if msg.subject == AUDIT_RECORD_SUBJECT:
                 try:
                     records.append(decode_record(msg.data))
                 except EnvelopeError:
@@ -599,7 +600,7 @@ class Tracker:
         stored = await get_message(self._conn, INGRESS_STREAM, event.ingress_seq)
         if (
             stored is None
-            or stored.subject != f"ref.in.{event.sender}"
+            or stored.subject != ingress_subject(event.sender)
             or hashlib.sha256(stored.data).hexdigest() != event.digest
         ):
             _log.error("tracker.original_missing", event_id=str(event.event_id))
