@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import nkeys
 import pytest
+import structlog
 
 from relais.agents.keys import PartnerKeys, generate
 from relais.agents.territory import Territory, build_territory
@@ -74,6 +75,17 @@ from relais.broker_config.streams import StorageLimits
 from relais.schemas.domain import PartnerKind
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """A test that configures logging (a CLI command run in-process sets the verbosity) leaves
+    the configuration as it found it: tests that capture log lines see every level."""
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 def new_nkey() -> tuple[bytes, str]:
