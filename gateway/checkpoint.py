@@ -37,6 +37,7 @@ from relais.gateway.audit import (
     CHECKPOINT_SUBJECT,
     GENESIS,
     RECORD_SUBJECT,
+    Anchor,
     Checkpoint,
     chain_next,
     open_checkpoint,
@@ -125,7 +126,13 @@ class Checkpointer:
     def _write_anchor(self, seq: int, checkpoint: Checkpoint) -> None:
         if self._anchor_file is None:
             return
-        body = {"seq": seq, "last_seq": checkpoint.last_seq, "chain": checkpoint.chain}
+        body = {
+            "seq": seq,
+            "last_seq": checkpoint.last_seq,
+            "chain": checkpoint.chain,
+            # what `relais audit verify --anchor` takes, in the form it prints
+            "anchor": str(Anchor(checkpoint.last_seq, checkpoint.chain)),
+        }
         self._anchor_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(self._anchor_file, json.dumps(body).encode(), overwrite=True)
 

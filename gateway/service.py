@@ -200,7 +200,7 @@ class _Gateway:
         for role in (self.router, self.tracker):
             if role is not None:
                 role.policy = policy
-        _log.info("gateway.reloaded", serial=policy.serial)
+        _log.info("gateway.reloaded", serial=policy.serial, rules=policy.rules.version)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the roles until ``stop``; the first role to fail stops the others."""
@@ -324,7 +324,12 @@ async def run_gateway(
             await publish_directory(conns["tracker"], signed, policy, root)
         if handle_signals:
             installed = _install_signals(stop, gateway)
-        _log.info("gateway.started", roles=sorted(wanted), serial=policy.serial)
+        _log.info(
+            "gateway.started",
+            roles=sorted(wanted),
+            serial=policy.serial,
+            rules=policy.rules.version,
+        )
         await gateway.run(stop)
     finally:
         loop = asyncio.get_running_loop()

@@ -635,3 +635,14 @@ async def checkpoint_over(url: str, scenario, territory) -> Reason | None:
     finally:
         await conn.close()
     return None
+
+
+def test_the_anchor_file_speaks_the_form_verify_takes(scenario, tmp_path) -> None:
+    """audit-anchor.json holds the SEQ:HEX that `relais audit verify --anchor` takes and
+    prints: copied from the file, it verifies (no false alarm from its other fields)."""
+    written = json.loads((scenario.pristine / "audit-anchor.json").read_text())
+    assert written["anchor"] == f"{written['last_seq']}:{written['chain']}"
+    with server_on_copy(scenario, tmp_path) as url:
+        code, report = verify_cli(scenario, url, "--anchor", written["anchor"])
+    assert code == 0, report
+    assert report["ok"]
