@@ -339,8 +339,12 @@ STREAMS: Final[tuple[StreamSpec, ...]] = (
 
 # Per priority: (backoff in seconds, max_deliver). The last step repeats: a FLASH delivery
 # is retried every 5 minutes for about 8 hours; escalation does not wait for it (tracker).
+# FLASH's first step is short: a delivery held by an agent that crashed (or whose node
+# failed) comes back to its restart within seconds, not a full ack wait; an agent stores
+# and acknowledges a delivery in milliseconds, and a redelivery it already stored is dropped
+# by event id.
 PARTNER_DELIVERY: Final[dict[Priority, tuple[tuple[float, ...], int]]] = {
-    Priority.FLASH: ((10.0, 10.0, 30.0, 60.0, 120.0, 300.0), 100),
+    Priority.FLASH: ((3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0), 100),
     Priority.URGENT: ((30.0, 60.0, 120.0, 300.0, 600.0), 60),
     Priority.ROUTINE: ((60.0, 300.0, 900.0, 1800.0), 50),
 }

@@ -33,8 +33,9 @@ import socket
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+import stamina
 import structlog
 
 from relais.agents.keys import (
@@ -59,7 +60,13 @@ from relais.gateway.router import Router, RouterConfig
 from relais.gateway.settings import GatewaySettings
 from relais.gateway.tracker import Tracker, TrackerConfig
 from relais.gateway.tracker_store import TrackerStore
-from relais.schemas.errors import ConfigError, DirectoryError, Reason, RelaisError
+from relais.schemas.errors import (
+    ConfigError,
+    DirectoryError,
+    Reason,
+    RelaisError,
+    TransportError,
+)
 from relais.schemas.names import DIRECTORY_SUBJECT
 
 __all__ = ["ROLES", "load_policy", "publish_directory", "run_gateway"]
@@ -207,7 +214,7 @@ class _Gateway:
         self.build()
         jobs: list[Coroutine[Any, Any, None]] = [watch_expiry(lambda: self.policy, stop)]
         if self.router is not None:
-            await self.router.check_replay_window()
+            await _started("replay window", self.router.check_replay_window)
             jobs.append(self.router.run(stop))
         if self.tracker is not None and self.store is not None:
             checkpointer = Checkpointer(
@@ -292,6 +299,43 @@ def _install_signals(stop: asyncio.Event, gateway: _Gateway) -> list[int]:
     return installed
 
 
+# Broker errors that pass (a node restarting, a leader election, a concurrent starter
+# publishing the same edition): retried at start-up. Refusals (permissions, a server that
+# does not fsync, bad files) are not: they stop the process with their reason.
+_T = TypeVar("_T")
+_TRANSIENT: Final = frozenset({Reason.NOT_CONNECTED, Reason.TIMEOUT, Reason.BROKER_ERROR})
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, TransportError) and exc.reason in _TRANSIENT
+
+
+async def _durable(settings: GatewaySettings) -> bool:
+    """``require_sync_always`` against the first node whose monitoring answers."""
+    urls = [u.strip() for u in settings.monitor_url.split(",") if u.strip()]
+    failure: TransportError | None = None
+    for url in urls:
+        try:
+            return await require_sync_always(url, allow_unsafe=settings.allow_unsafe_no_fsync)
+        except TransportError as exc:
+            if exc.reason is not Reason.NOT_CONNECTED:
+                raise
+            failure = exc
+    raise failure or TransportError("no monitoring URL", reason=Reason.NOT_CONNECTED)
+
+
+async def _started(what: str, step: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a start-up step, retrying it while the broker's errors are transient."""
+    async for attempt in stamina.retry_context(
+        on=_transient, attempts=None, timeout=None, wait_initial=0.2, wait_max=5.0
+    ):
+        with attempt:
+            if attempt.num > 1:
+                _log.warning("gateway.start_retry", step=what, attempt=attempt.num)
+            return await step()
+    raise AssertionError("unreachable: retry_context without limits")  # pragma: no cover
+
+
 async def run_gateway(
     settings: GatewaySettings,
     roles: Collection[str] = ROLES,
@@ -303,9 +347,7 @@ async def run_gateway(
     wanted = frozenset(roles)
     if not wanted or not wanted <= ROLES:
         raise ConfigError(f"roles must be among {sorted(ROLES)}")
-    durable = await require_sync_always(
-        settings.monitor_url, allow_unsafe=settings.allow_unsafe_no_fsync
-    )
+    durable = await _started("durability", lambda: _durable(settings))
     # Atomic batches share one fsync; on a broker that does not fsync they only cost.
     use_atomic_batches(durable)
     passphrase = read_secret_file(settings.passphrase_file, "passphrase")
@@ -315,13 +357,16 @@ async def run_gateway(
     root = read_root_public_key(settings.root_public_key)
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
-    conns = await _connect_roles(settings, wanted)
+    conns = await _started("connect", lambda: _connect_roles(settings, wanted))
     stop = stop or asyncio.Event()
     gateway = _Gateway(settings, conns, signer, policy, wanted)
     installed: list[int] = []
     try:
         if "tracker" in conns:
-            await publish_directory(conns["tracker"], signed, policy, root)
+            tracker_conn = conns["tracker"]
+            await _started(
+                "directory", lambda: publish_directory(tracker_conn, signed, policy, root)
+            )
         if handle_signals:
             installed = _install_signals(stop, gateway)
         _log.info(

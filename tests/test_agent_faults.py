@@ -209,7 +209,7 @@ async def test_sigkill_before_the_receipt_everything_happens_once(
     assert await kit.read_stream("RECEIPTS") == []
     headers = {"Authorization": f"Bearer {kit.token(CRIP)}"}
     async with agent_process(config, data_dir) as (proc, url):
-        # FLASH deliveries come back after ack_wait (10 s): wait for the redelivery's ack
+        # FLASH deliveries come back after ack_wait (3 s): wait for the redelivery's ack
         await kit.until(
             lambda: _consumer_idle(kit, CRIP, "FLASH"), bound=60, what="redelivered and acked"
         )

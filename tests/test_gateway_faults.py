@@ -415,3 +415,67 @@ async def test_refuses_an_older_directory_edition(
         assert caught.value.reason is Reason.DIRECTORY_ROLLBACK
     finally:
         await conn.close()
+
+
+@pytest.mark.slow
+async def test_roles_started_before_the_broker_come_up_by_themselves(
+    demo_territory, tmp_path, processes
+):
+    """The router, two trackers (one becomes the standby) and a third tracker started with
+    the same directory edition all wait for a broker that is down, then start when it comes
+    back: no supervisor, no exit on a passing error (not even the concurrent publications of
+    the same directory edition)."""
+    import socket
+    from types import SimpleNamespace
+
+    from relais.broker_config import embedded
+    from relais.broker_config.network import NetworkSettings
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    t = demo_territory
+    data_dir = tmp_path / "broker"
+    network = NetworkSettings(port=free_port(), monitor_port=free_port())
+    info, _ = await embedded.broker_up(
+        data_dir, directory=t.signed_directory, root_public_key=t.root_public_key, network=network
+    )
+    embedded.broker_down(data_dir)  # the broker is down when the roles start
+    paths = embedded.BrokerPaths(data_dir)
+    broker = SimpleNamespace(
+        client_url=info.client_url,
+        monitor_url=info.monitor_url,
+        router_creds=paths.router_creds,
+        tracker_creds=paths.tracker_creds,
+    )
+    roles = ["router", "tracker", "tracker"]
+    started = []
+    for n, role in enumerate(roles):
+        config = write_config(tmp_path / f"gw{n}", broker, t)
+        started.append(GatewayProcess(config, role, tmp_path / f"{role}{n}.log"))
+    processes.extend(started)
+    for proc in started:
+        proc.start()
+    try:
+        await asyncio.sleep(1.5)  # they retry meanwhile (a real wait: the broker is down)
+        for proc in started:
+            assert proc.process is not None
+            assert proc.process.poll() is None, proc.log.read_text()  # still there
+        again, _ = await embedded.broker_up(data_dir)  # the same ports, kept in network.json
+        assert again.client_url == info.client_url
+        for proc in started:
+            await proc.ready()
+            assert proc.count("gateway.start_retry") >= 1
+        trackers = [p for p in started if p.role == "tracker"]
+        deadline = time.monotonic() + BOUND
+        while sum(p.count("tracker.active") for p in trackers) < 1:
+            assert time.monotonic() < deadline, "no tracker became active"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        assert sum(p.count("tracker.active") for p in trackers) == 1  # the other one waits
+    finally:
+        for proc in started:
+            proc.stop()
+        embedded.broker_down(data_dir)
