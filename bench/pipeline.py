@@ -265,11 +265,13 @@ def install_plaintext() -> None:
     from relais.agents import receipts, receiving
     from relais.agents.models import Delivery
     from relais.gateway import router, tracker
-    from relais.gateway.tracker_store import PartyState
+    from relais.gateway.tracker_store import EarlyReceipt, PartyState
     from relais.schemas.domain import EventType, Priority
     from relais.schemas.registry import to_jsonable
 
-    def plain_admit(data: bytes, *, sender: str, policy: Any, now_ms: int, config: Any) -> Any:
+    def plain_admit(
+        data: bytes, *, sender: str, policy: Any, now_ms: int, config: Any, **_: Any
+    ) -> Any:
         body = json.loads(data)
         header = SimpleNamespace(
             event_id=uuid.UUID(body["event_id"]),
@@ -281,6 +283,8 @@ def install_plaintext() -> None:
             departement=body["departement"],
             routing=body["routing"],
             created_at_ms=body["created_at"],
+            edition=policy.serial,
+            rules_version=1,
         )
         decision = SimpleNamespace(
             rule_id=body["rule"],
@@ -288,7 +292,13 @@ def install_plaintext() -> None:
             deadline_seconds=body["deadline"],
             closes_case=False,
         )
-        return router.Admitted(SimpleNamespace(header=header), decision)  # type: ignore[arg-type]
+        return router.Admitted(
+            SimpleNamespace(header=header),  # type: ignore[arg-type]
+            decision,  # type: ignore[arg-type]
+            deliver_to=header.recipient_ids,
+            fallback=header.fallback_ids,
+            edition=policy.serial,
+        )
 
     router.admit = plain_admit
 
@@ -312,19 +322,23 @@ def install_plaintext() -> None:
 
     receipts.sign_statement = plain_sign  # type: ignore[attr-defined,assignment]
 
-    def plain_receipt(self: Any, msg: Any) -> Any:
-        body = json.loads(msg.data)
-        partner = msg.subject.split(".")[2]
+    def plain_receipt(self: Any, subject: str, data: bytes, stored_ms: Any) -> Any:
+        body = json.loads(data)
+        partner = subject.split(".")[2]
         entries = tuple(
             (
                 uuid.UUID(e["event_id"]),
-                PartyState(e["state"]),
-                e.get("decline_reason"),
-                tracker._ms(dt.datetime.fromisoformat(e["at"])),
+                EarlyReceipt(
+                    partner,
+                    PartyState(e["state"]),
+                    e.get("decline_reason"),
+                    tracker._ms(dt.datetime.fromisoformat(e["at"])),
+                    e.get("outcome"),
+                ),
             )
             for e in body["entries"]
         )
-        return tracker._Receipt(msg, partner, entries)
+        return partner, entries
 
     tracker.Tracker._verify_receipt = plain_receipt  # type: ignore[method-assign]
 
