@@ -7,6 +7,7 @@ message::
     RelaisError
     ├── SchemaError          bad schema files, unknown fingerprints, invalid event payloads
     │   └── PayloadError     an event that does not fit its schema (names the fields, not values)
+    │       └── ContractError    (agents.validation) the API contract: field paths and codes
     ├── EnvelopeError        anything wrong with a sealed envelope or signed statement
     │                        (opaque message outside, precise reason code inside)
     ├── KeyFileError         private key files: permissions, passphrase, format
@@ -14,7 +15,8 @@ message::
     ├── RoutingError         the routing rules and their evaluation
     ├── TransportError       NATS: connection, permission, timeouts
     │   └── PermissionDenied a NATS permissions violation, surfaced from the async error callback
-    └── ConfigError          settings, broker configuration, CLI inputs
+    ├── ConfigError          settings, broker configuration, CLI inputs
+    └── StepTimeout          (cli demo kit) a step of the demonstration that did not happen
 
 Foreign exceptions are translated at the boundary (``raise X from exc``) so callers only
 need to catch ``RelaisError``.
