@@ -689,9 +689,14 @@ def _check_identity(pid: int, paths: BrokerPaths) -> None:
     if cmdline.exists():
         try:
             args = cmdline.read_bytes().split(b"\0")
+            cwd = Path(f"/proc/{pid}/cwd").resolve()
         except OSError:
             return
-        if str(paths.config_file).encode() not in args:
+        # The server may have been given a relative path (started from another directory):
+        # compare where each argument points, not how it was spelled.
+        wanted = paths.config_file.resolve()
+        given = {(cwd / os.fsdecode(a)).resolve() for a in args if a}
+        if wanted not in given:
             raise ConfigError(f"pid {pid} is not the nats-server of {paths.data_dir}")
 
 

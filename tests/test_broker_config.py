@@ -605,3 +605,20 @@ async def test_a_partner_whose_keys_expired_is_cut_off_at_reload(broker_factory,
         await broker.partner("hotel-1", connect_timeout=3.0)
     school = await broker.partner("school-1")  # the others keep theirs
     await school.close()
+
+
+async def test_down_takes_an_absolute_path_for_a_broker_started_relative(
+    tmp_path, directory_builder, monkeypatch
+) -> None:
+    """`broker down` names the data directory however it likes: relative or absolute."""
+    td = directory_builder(PARTNERS)
+    monkeypatch.chdir(tmp_path)
+    await embedded.broker_up(
+        Path("relative-data"), directory=td.signed, root_public_key=td.root_public_key
+    )
+    try:
+        pid = embedded.broker_down((tmp_path / "relative-data").resolve())
+    finally:
+        embedded.broker_down(Path("relative-data"))
+    assert pid is not None
+    assert embedded.running_pid(tmp_path / "relative-data") is None
