@@ -356,6 +356,15 @@ def status(
             typer.echo(line)
     if result.healthy is False:
         raise typer.Exit(EXIT_FAILURE)
+    if cluster is None and (result.healthy is None or result.sync_always is None):
+        # Without the monitoring endpoint the health and the fsync setting are unknown: a
+        # status that cannot tell is not a success.
+        typer.echo(
+            "error [NOT_CONNECTED]: health and fsync unknown: give --monitor URL (the node's "
+            "monitoring endpoint, on its host) or --data-dir",
+            err=True,
+        )
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command("down")

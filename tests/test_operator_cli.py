@@ -671,8 +671,16 @@ def test_the_common_options(world) -> None:
     verified = run_json(["audit", "verify"], env)
     assert verified["ok"] is True
     assert verified["checkpoints"] >= 1
-    status = run_json(["broker", "status"], env)
+    status = run_json(["broker", "status", "--monitor", world.broker.monitor_url], env)
     assert {s["name"] for s in status["streams"]} >= {"AUDIT", "DELIVERY"}
+    assert status["healthy"] is True
+    assert status["sync_always"] is True
+    # through the server address alone health and fsync are unknown: not a success
+    blind = run(["broker", "status", "--json"], env)
+    assert blind.exit_code == 1
+    errors = [line for line in blind.stderr.splitlines() if line.startswith("error ")]
+    assert errors == [errors[0]]
+    assert errors[0].startswith("error [NOT_CONNECTED]: health and fsync unknown")
     explained = run_json(
         [
             "rules",
