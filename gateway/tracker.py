@@ -75,6 +75,7 @@ from relais.schemas.statements import sign_statement, verify_statement
 __all__ = ["AUDIT_CONSUMER", "RECEIPTS_CONSUMER", "Change", "Tracker", "TrackerConfig"]
 
 AUDIT_CONSUMER: Final = "tracker-audit"
+_CONCURRENT_ESCALATIONS: Final = 16
 RECEIPTS_CONSUMER: Final = "tracker"
 _AUDIT_STREAM: Final = "AUDIT"
 _RECEIPTS_STREAM: Final = "RECEIPTS"
@@ -582,18 +583,23 @@ class Tracker:
         """Escalate every open event whose deadline has passed; their ids."""
         async with self._lock:
             due = self._store.due(self._clock())
-        done = []
-        for event in due:
-            if not self.may_act():
-                break  # no longer the active tracker: the new one escalates
-            async with self._lock:
-                current = self._store.event(event.event_id)
-                if current is None or current.state is not EventState.OPEN:
-                    continue  # taken in charge or closed meanwhile
-                await self._escalate(current)
-            done.append(event.event_id)
+        # Concurrently (bounded): one escalation waiting out a broker timeout must not delay
+        # the others past their deadlines.
+        gate = asyncio.Semaphore(_CONCURRENT_ESCALATIONS)
+
+        async def one(event: TrackedEvent) -> uuid.UUID | None:
+            async with gate:
+                if not self.may_act():
+                    return None  # no longer the active tracker: the new one escalates
+                return await self._escalate(event.event_id)
+
+        results = await asyncio.gather(*(one(e) for e in due), return_exceptions=True)
+        done = [r for r in results if isinstance(r, uuid.UUID)]
         if done:
             await self._send_progress()
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]  # the others went ahead; this one is retried at the next tick
         return done
 
     async def _original(self, event: TrackedEvent) -> bytes | None:
@@ -607,15 +613,23 @@ class Tracker:
             return None
         return stored.data
 
-    async def _escalate(self, event: TrackedEvent) -> None:
-        """Release the original to the fallback recipients, notify, audit, then commit."""
+    async def _escalate(self, event_id: uuid.UUID) -> uuid.UUID | None:
+        """Release the original to the fallback recipients, notify, audit, then commit.
+
+        The store is read and written under the lock; the broker's work runs outside it, so
+        that escalations proceed side by side and receipts keep being applied meanwhile.
+        """
+        async with self._lock:
+            event = self._store.event(event_id)
+            if event is None or event.state is not EventState.OPEN:
+                return None  # taken in charge or closed meanwhile
+            overdue = [
+                p.partner
+                for p in self._store.parties(event.event_id)
+                if p.role == "recipient" and p.state is not PartyState.TAKEN_IN_CHARGE
+            ]
         now = self._clock()
         notice_id = statement_id("escalation", event.event_id)
-        overdue = [
-            p.partner
-            for p in self._store.parties(event.event_id)
-            if p.role == "recipient" and p.state is not PartyState.TAKEN_IN_CHARGE
-        ]
         original = await self._original(event)
         if original is not None:
             await self._release(event, original, notice_id)
@@ -637,12 +651,17 @@ class Tracker:
         await append_record(
             self._conn, AuditKind.ESCALATED, fields, msg_id=f"{event.event_id}:escalated"
         )
-        with self._store.transaction():
-            self._store.set_state(event.event_id, EventState.ESCALATED, now)
-            for fallback in event.fallback:
-                self._store.add_party(event.event_id, fallback, "fallback", now)
-            self.progress.escalated(event, overdue, original is not None, now)
+        async with self._lock:
+            with self._store.transaction():
+                current = self._store.event(event.event_id)
+                # a take-in-charge applied meanwhile keeps its state; the fallbacks are added
+                if current is not None and current.state is EventState.OPEN:
+                    self._store.set_state(event.event_id, EventState.ESCALATED, now)
+                for fallback in event.fallback:
+                    self._store.add_party(event.event_id, fallback, "fallback", now)
+                self.progress.escalated(event, overdue, original is not None, now)
         TRACKER_ESCALATIONS.labels(event.priority).inc()
+        late_ms = now - (event.deadline_at or now)
         _log.info(
             "tracker.escalated",
             event_id=str(event.event_id),
@@ -650,8 +669,9 @@ class Tracker:
             rule=event.rule,
             fallback=list(event.fallback),
             released=original is not None,
-            late_ms=now - (event.deadline_at or now),
+            late_ms=late_ms,
         )
+        return event.event_id
 
     async def _release(self, event: TrackedEvent, original: bytes, notice_id: uuid.UUID) -> None:
         """The original envelope to each fallback recipient, FLASH, marked as an escalation."""
