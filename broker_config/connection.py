@@ -53,7 +53,6 @@ import json
 import os
 import re
 import ssl
-import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,7 +71,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 from nats.nuid import NUID
 
-from relais.broker_config.nats_conf import read_seed_public_key
+from relais.broker_config.nats_conf import read_private_file, read_seed_public_key
 from relais.schemas.errors import ConfigError, PermissionDenied, Reason, TransportError
 
 __all__ = [
@@ -794,18 +793,9 @@ _SEED_BLOCK: Final = "BEGIN USER NKEY SEED"
 
 def _read_private(path: Path) -> str:
     """A small credential file's text, refusing one that group or others may access."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            raise ConfigError(f"{path} is accessible to group or others (must be 0600)")
-        data = os.read(fd, _MAX_CREDS_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_CREDS_FILE_BYTES:
-        raise ConfigError(f"{path} is too large for a credential file")
+    data = read_private_file(
+        path, max_bytes=_MAX_CREDS_FILE_BYTES, too_large="is too large for a credential file"
+    )
     return data.decode("ascii", "replace")
 
 

@@ -91,6 +91,7 @@ __all__ = [
     "nats_server_binary",
     "new_user_seed",
     "partner_users",
+    "read_private_file",
     "read_seed_public_key",
     "service_seed_file",
     "write_config",
@@ -373,8 +374,11 @@ def _public_key(seed: bytes) -> str:
     return public
 
 
-def read_seed_public_key(path: Path) -> str:
-    """The public key of a seed file, refusing files that group or others may access."""
+def read_private_file(path: Path, *, max_bytes: int, too_large: str) -> bytes:
+    """A small credential file's bytes, refusing one that group or others may access.
+
+    ``too_large``: what the :class:`ConfigError` says of a file over ``max_bytes``.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -382,11 +386,17 @@ def read_seed_public_key(path: Path) -> str:
     try:
         if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
             raise ConfigError(f"{path} is accessible to group or others (must be 0600)")
-        data = os.read(fd, _MAX_SEED_FILE_BYTES + 1)
+        data = os.read(fd, max_bytes + 1)
     finally:
         os.close(fd)
-    if len(data) > _MAX_SEED_FILE_BYTES:
-        raise ConfigError(f"{path} is not a seed file")
+    if len(data) > max_bytes:
+        raise ConfigError(f"{path} {too_large}")
+    return data
+
+
+def read_seed_public_key(path: Path) -> str:
+    """The public key of a seed file, refusing files that group or others may access."""
+    data = read_private_file(path, max_bytes=_MAX_SEED_FILE_BYTES, too_large="is not a seed file")
     return _public_key(data.strip())
 
 
