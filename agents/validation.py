@@ -49,6 +49,7 @@ from relais.schemas.jsonschema import (
     json_schema,
 )
 from relais.schemas.registry import MAIN_SECTION, EventSchema
+from relais.schemas.strict_json import unique_members
 
 __all__ = [
     "MAX_DEPTH",
@@ -552,7 +553,7 @@ def parse_json_object(data: bytes) -> dict[str, Any]:
     (``TOO_DEEP``; the parser's own recursion limit ends deeper documents the same way).
     """
     try:
-        value = json.loads(data, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+        value = json.loads(data, object_pairs_hook=unique_members, parse_constant=_no_constant)
     except RecursionError as exc:
         raise _body_error(Code.TOO_DEEP) from exc
     except ValueError as exc:  # also UnicodeDecodeError, and integers beyond the digit limit
@@ -580,13 +581,6 @@ def _depth(value: Any) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1) for child in children)
     return deepest
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise ValueError("duplicate member")
-    return members
 
 
 def _no_constant(text: str) -> Any:

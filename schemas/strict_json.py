@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from relais.schemas.errors import RelaisError
 
-__all__ = ["JsonLimits", "check_bounds", "loads_bounded", "max_depth"]
+__all__ = ["JsonLimits", "check_bounds", "loads_bounded", "max_depth", "unique_members"]
 
 
 class JsonLimits:
@@ -58,7 +58,8 @@ def max_depth(value: Any) -> int:
     return deepest
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` that refuses a member given twice."""
     members = dict(pairs)
     if len(members) != len(pairs):
         raise ValueError("duplicate member")
@@ -88,7 +89,7 @@ def loads_bounded(data: bytes, limits: JsonLimits, error: Callable[[str], Relais
     try:
         value = json.loads(
             data.decode("utf-8"),
-            object_pairs_hook=_unique_members,
+            object_pairs_hook=unique_members,
             parse_float=_no_floats,
             parse_constant=_no_floats,
         )
