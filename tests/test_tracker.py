@@ -342,13 +342,24 @@ async def test_outcomes_and_progress_notices_to_the_sender(
         "the conclusion is applied",
     )
     assert run.store.event(event_id).state is EventState.TAKEN
-    receipts = [r for r in await records_about(run.conn, event_id) if r["kind"] == "RECEIPT"]
-    # the records of one commit are published together: their order in the stream may vary
-    assert sorted((r["state"], r["outcome"] or "") for r in receipts) == [
+    expected = [
         ("CONCLUDED", "NO_DANGER_FOUND"),
         ("DELIVERED", ""),
         ("TAKEN_IN_CHARGE", "ASSESSMENT_UNDER_WAY"),
     ]
+
+    async def recorded() -> list[tuple[str, str]]:
+        receipts = [r for r in await records_about(run.conn, event_id) if r["kind"] == "RECEIPT"]
+        # the records of one commit are published together: their order may vary
+        return sorted((r["state"], r["outcome"] or "") for r in receipts)
+
+    # the store and the log are two readers' views: read the log until it shows the
+    # conclusion too (bounded), then compare it whole
+    for _ in range(int(BOUND / 0.05)):
+        if (found := await recorded()) == expected:
+            break
+        await asyncio.sleep(0.05)
+    assert found == expected
 
     async def told() -> list[dict[str, Any]]:
         notices = [m for _, m in await pull(world, SCHOOL, Priority.URGENT, event_id)]
