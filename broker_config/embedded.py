@@ -150,7 +150,7 @@ class BrokerPaths:
     @property
     def operator_creds(self) -> Path:
         """The read-only operator user's seed file."""
-        return self.creds_dir / "operator.nk"
+        return self.service_creds(Service.OPERATOR)
 
     @property
     def ports_dir(self) -> Path:

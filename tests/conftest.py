@@ -51,6 +51,7 @@ from relais.broker_config.directory import (
     sign_directory,
 )
 from relais.broker_config.embedded import (
+    BrokerPaths,
     ServerProcess,
     provision_as_admin,
     signal_reload,
@@ -67,7 +68,6 @@ from relais.broker_config.nats_conf import (
     build_config,
     ensure_service_seeds,
     inbox_prefix,
-    service_seed_file,
     write_config,
     write_seed,
 )
@@ -180,7 +180,7 @@ class TestBroker:
 
     def service_creds(self, service: Service) -> Path:
         """The seed file of a service identity (admin, router, tracker, operator)."""
-        return service_seed_file(self.root / "creds", service)
+        return BrokerPaths(self.root).service_creds(service)  # the embedded broker's layout
 
     @property
     def admin_creds(self) -> Path:
